@@ -1,0 +1,100 @@
+"""SQLAlchemy engine for the history file (WAL, foreign keys, busy timeout) and the one transaction scope."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import create_engine, event, inspect
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+BUSY_TIMEOUT_MS = 10_000
+
+
+def _configure_sqlite(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the UI read history while a run is being written; NORMAL sync is safe with WAL.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    cursor.close()
+
+
+def make_engine(path: Path) -> Engine:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False})
+    event.listen(engine, "connect", _configure_sqlite)
+    return engine
+
+
+def _alembic_config(engine: Engine):
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["engine"] = engine
+    return config
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision(engine: Engine) -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config(engine)).get_current_head()
+
+
+def migrate(engine: Engine, path: Path) -> str | None:
+    """Bring the schema to the newest revision; back the file up first if it already has data.
+
+    Returns the path of the backup, if one was made.
+    """
+    from alembic import command
+
+    current, head = current_revision(engine), head_revision(engine)
+    if current == head:
+        return None
+    backup = None
+    if path.exists() and inspect(engine).get_table_names():
+        backup = path.with_name(f"{path.name}.before-{head}.bak")
+        if not backup.exists():
+            with engine.connect() as connection:
+                # VACUUM INTO writes a consistent copy even with WAL frames pending
+                connection.exec_driver_sql(f"VACUUM INTO '{backup}'")
+    command.upgrade(_alembic_config(engine), "head")
+    return str(backup) if backup else None
+
+
+class Database:
+    """The history database: an engine plus the transaction scope every write goes through."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.engine = make_engine(self.path)
+        self.backup_path = migrate(self.engine, self.path)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """Commit on success, roll back on any error."""
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def close(self) -> None:
+        self.engine.dispose()

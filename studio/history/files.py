@@ -1,0 +1,105 @@
+"""Content-addressed blob store for input and output images, written atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+from studio.history.infotext import PARAMETERS_KEY, STUDIO_KEY
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    sha256: str
+    pixels_sha256: str
+    size_bytes: int
+    width: int
+    height: int
+    path: Path
+
+
+def pixels_hash(image: Image.Image) -> str:
+    """Hash of mode, size and raw pixels: equal for equal pictures whatever the file around them."""
+    digest = hashlib.sha256(f"{image.mode}:{image.width}x{image.height}:".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def encode_png(image: Image.Image, parameters: str | None = None, request_json: dict | None = None) -> bytes:
+    """Lossless PNG bytes, with the A1111 parameters text (and our request JSON) when given."""
+    info = PngImagePlugin.PngInfo()
+    if parameters:
+        info.add_text(PARAMETERS_KEY, parameters)
+    if request_json is not None:
+        info.add_text(STUDIO_KEY, json.dumps(request_json, sort_keys=True))
+    if image.mode not in ("RGB", "RGBA", "L", "LA", "I", "I;16", "1", "P"):
+        image = image.convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info, compress_level=4)
+    return buffer.getvalue()
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: a reader sees all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class BlobStore:
+    """PNG files under root/ab/abcdef....png, named by the sha256 of their bytes."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / f"{sha256}.png"
+
+    def put_image(self, image: Image.Image, parameters: str | None = None,
+                  request_json: dict | None = None) -> StoredBlob:
+        """Store an image (once per distinct content); the file is complete before this returns."""
+        data = encode_png(image, parameters, request_json)
+        sha = hashlib.sha256(data).hexdigest()
+        path = self.path(sha)
+        if not path.exists() or path.stat().st_size != len(data):
+            atomic_write(path, data)
+        return StoredBlob(sha, pixels_hash(image), len(data), image.width, image.height, path)
+
+    def exists(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def open(self, sha256: str) -> Image.Image:
+        with Image.open(self.path(sha256)) as image:
+            image.load()
+            return image
+
+    def delete(self, sha256: str) -> bool:
+        try:
+            self.path(sha256).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def all_hashes(self) -> set[str]:
+        return {p.stem for p in self.root.glob("??/*.png")}
+
+    def stray_temp_files(self) -> list[Path]:
+        """Temp files a crash left half-written; never referenced by any row."""
+        return sorted(self.root.glob("??/.tmp-*"))

@@ -1,0 +1,164 @@
+"""Frozen request types, one per mode, and validate(): the vocabulary UI, CLI and history share.
+
+A field's range lives next to it (dataclass metadata), so validation, the UI sliders and the
+CLI help all read the same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from PIL import Image
+
+from studio.engine.schedulers import SAMPLER_NAMES
+from studio.errors import InputError
+
+MAX_SEED = 2**32 - 1
+
+
+def spec(default: Any, label: str, *, min: float | None = None, max: float | None = None,
+         step: float | None = None, help: str = "") -> Any:
+    """A dataclass field carrying its UI label, range and step."""
+    return field(default=default, metadata={"label": label, "min": min, "max": max, "step": step, "help": help})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Txt2ImgRequest:
+    """Everything a txt2img run needs; width/height None means the model's native size."""
+
+    mode: ClassVar[str] = "txt2img"
+
+    prompt: str = spec("", "Prompt")
+    negative_prompt: str = spec("", "Negative prompt")
+    model: str | None = spec(None, "Model", help="name from the Models tab; empty = the default model")
+    vae: str | None = spec(None, "VAE", help="name of a VAE override; empty = the model's own")
+    sampler: str = spec("DPM++ 2M", "Sampling method")
+    karras: bool = spec(True, "Karras schedule", help="Karras sigma spacing, for samplers that support it")
+    steps: int = spec(20, "Sampling steps", min=1, max=150, step=1)
+    cfg_scale: float = spec(7.0, "CFG scale", min=1.0, max=30.0, step=0.5)
+    width: int | None = spec(None, "Width", min=64, max=4096, step=8)
+    height: int | None = spec(None, "Height", min=64, max=4096, step=8)
+    seed: int = spec(-1, "Seed", min=-1, max=MAX_SEED, step=1, help="-1 draws a random seed")
+    batch_size: int = spec(1, "Batch size", min=1, max=8, step=1, help="images per pipeline call")
+    batch_count: int = spec(1, "Batch count", min=1, max=100, step=1, help="pipeline calls in a row")
+    parent_run_id: int | None = spec(None, "Parent run", help="the run this one derives from")
+
+    @property
+    def image_count(self) -> int:
+        return self.batch_size * self.batch_count
+
+    def seeds(self) -> list[int]:
+        """Seed of every image, A1111 style: consecutive from the first (wrapping at 2**32)."""
+        if self.seed < 0:
+            raise InputError("is -1 (random); resolve the request before asking for seeds", field="seed")
+        return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.image_count)]
+
+
+REQUEST_TYPES: dict[str, type] = {"txt2img": Txt2ImgRequest}
+
+
+def register_request_type(cls: type) -> type:
+    """Add a mode's request class to the shared vocabulary (used by later modes)."""
+    REQUEST_TYPES[cls.mode] = cls
+    return cls
+
+
+def field_spec(cls: type, name: str) -> dict:
+    """The label/min/max/step metadata of one request field."""
+    return dict(next(f for f in dataclasses.fields(cls) if f.name == name).metadata)
+
+
+def _check_range(request: Any, name: str) -> None:
+    value = getattr(request, name)
+    meta = field_spec(type(request), name)
+    low, high = meta.get("min"), meta.get("max")
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{value!r} is not a number", field=name)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise InputError(f"{value} is out of range; use {low:g} to {high:g}", field=name)
+
+
+def validate(request: Any) -> Any:
+    """Check every field; raise InputError naming the first bad field and the allowed values."""
+    if not isinstance(request.prompt, str):
+        raise InputError("must be text", field="prompt")
+    if not isinstance(request.negative_prompt, str):
+        raise InputError("must be text", field="negative_prompt")
+    for f in dataclasses.fields(request):
+        if f.metadata.get("min") is not None or f.metadata.get("max") is not None:
+            _check_range(request, f.name)
+    for name in ("steps", "width", "height", "seed", "batch_size", "batch_count"):
+        value = getattr(request, name)
+        if value is not None and int(value) != value:
+            raise InputError(f"{value} is not a whole number", field=name)
+    for name in ("width", "height"):
+        value = getattr(request, name)
+        if value is not None and value % 8:
+            lower = max(64, value - value % 8)
+            raise InputError(f"{value} is not a multiple of 8; use {lower} or {lower + 8}", field=name)
+    if request.sampler not in SAMPLER_NAMES:
+        raise InputError(f"unknown sampler {request.sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}",
+                         field="sampler")
+    extra = getattr(request, "validate_mode", None)
+    if extra is not None:
+        extra()
+    return request
+
+
+def resolve_seed(request: Any, rng: random.Random | None = None) -> Any:
+    """Replace seed -1 by a concrete random seed, so the record says what really ran."""
+    if request.seed >= 0:
+        return request
+    return dataclasses.replace(request, seed=(rng or random.SystemRandom()).randint(0, MAX_SEED))
+
+
+def to_record(request: Any) -> tuple[dict, dict[str, Image.Image]]:
+    """Split a request into JSON-able parameters and its input images (stored as blobs)."""
+    params: dict[str, Any] = {"mode": request.mode}
+    images: dict[str, Image.Image] = {}
+    for f in dataclasses.fields(request):
+        value = getattr(request, f.name)
+        if isinstance(value, Image.Image):
+            images[f.name] = value
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, dict) for v in value):
+            # control units: each unit may hold its own images
+            units = []
+            for i, unit in enumerate(value):
+                plain = {}
+                for key, item in unit.items():
+                    if isinstance(item, Image.Image):
+                        images[f"{f.name}.{i}.{key}"] = item
+                    else:
+                        plain[key] = item
+                units.append(plain)
+            params[f.name] = units
+        else:
+            params[f.name] = value
+    return params, images
+
+
+def from_record(params: dict, images: dict[str, Image.Image]) -> Any:
+    """Rebuild the request a run was made from (rollback): the inverse of to_record."""
+    mode = params.get("mode", "txt2img")
+    cls = REQUEST_TYPES.get(mode)
+    if cls is None:
+        raise InputError(f"unknown mode {mode!r}", field="mode")
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in params.items() if k in names}
+    for key, image in images.items():
+        parts = key.split(".")
+        if len(parts) == 1 and key in names:
+            values[key] = image
+        elif len(parts) == 3 and parts[0] in values:
+            units = [dict(u) for u in values[parts[0]]]
+            units[int(parts[1])][parts[2]] = image
+            values[parts[0]] = units
+    for key, value in list(values.items()):
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            values[key] = tuple(value)
+    return cls(**values)

@@ -1,0 +1,86 @@
+"""One Settings object: every field has a default and a description (env prefix STUDIO_)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ASSETS_DIR = REPO_ROOT / "assets"
+
+
+class Settings(BaseSettings):
+    """Studio configuration; read from STUDIO_* environment variables or passed in code."""
+
+    model_config = SettingsConfigDict(env_prefix="STUDIO_", extra="ignore")
+
+    data_dir: Path = Field(
+        REPO_ROOT / "data",
+        description="Holds the history database, the blob store (inputs and outputs) and generated placeholder models.",
+    )
+    models_dir: Path = Field(
+        REPO_ROOT / "models",
+        description="A1111-style models folder: checkpoints in Stable-diffusion/, ControlNets in ControlNet/, VAEs in VAE/.",
+    )
+    host: str = Field("127.0.0.1", description="Address the web UI binds to; localhost unless --listen is given.")
+    port: int = Field(7860, description="Port of the web UI.")
+    listen: bool = Field(False, description="Bind to 0.0.0.0 so other machines on the network can reach the UI.")
+    device: Literal["auto", "cuda", "mps", "cpu"] = Field(
+        "auto", description="Where models run; auto picks CUDA, then Apple MPS, then the CPU."
+    )
+    precision: Literal["auto", "fp16", "bf16", "fp32"] = Field(
+        "auto", description="Weight dtype; auto means fp16 on CUDA and MPS, fp32 on the CPU."
+    )
+    model_cache_size: int = Field(
+        2, ge=1, le=16, description="How many models stay loaded at once (least recently used is unloaded first)."
+    )
+    model_cache_memory_fraction: float = Field(
+        0.7,
+        gt=0,
+        le=1,
+        description="Share of free device memory (RAM on the CPU) the model cache may fill before evicting.",
+    )
+    default_model: str | None = Field(
+        None, description="Name of the model selected at start-up; empty means the embedded model."
+    )
+    max_pixels: int = Field(
+        2048 * 2048,
+        ge=64 * 64,
+        description="Largest canvas (width x height) a run may ask for; larger requests are refused, not crashed.",
+    )
+    vae_tiling_pixels: int = Field(
+        1536 * 1536, description="Canvases larger than this decode with VAE tiling to bound memory."
+    )
+    offline: bool = Field(
+        True, description="Never contact a model hub; hub ids are refused with a message instead of downloaded."
+    )
+    annotators_dir: Path = Field(
+        REPO_ROOT / "models" / "annotators",
+        description="Local folder with preprocessor weights (OpenPose, depth) for the ControlNet tab.",
+    )
+    preview_every: int = Field(
+        2, ge=0, description="Show a live preview every N sampling steps (0 turns previews off)."
+    )
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "history.sqlite"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def bind_host(self) -> str:
+        return "0.0.0.0" if self.listen else self.host
+
+
+def describe_settings() -> list[tuple[str, object, str]]:
+    """(name, default, help) of every setting: drives --help text and the README table."""
+    return [
+        (name, field.default, field.description or "")
+        for name, field in Settings.model_fields.items()
+    ]
