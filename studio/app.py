@@ -1,0 +1,61 @@
+"""Composition root: build(settings) -> Services. Nothing else constructs services."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from studio.engine.devices import Placement, placement
+from studio.engine.models import ModelManager
+from studio.history.db import Database
+from studio.history.files import BlobStore
+from studio.history.store import HistoryStore, RecoveryReport
+from studio.jobs import JobRunner
+from studio.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def offline_environment() -> None:
+    """No hub, no telemetry, no analytics: set before diffusers/gradio read them."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    placement: Placement
+    database: Database
+    history: HistoryStore
+    models: ModelManager
+    runner: JobRunner
+    recovery: RecoveryReport
+
+    def close(self) -> None:
+        self.database.close()
+
+
+def build(settings: Settings | None = None) -> Services:
+    """Open the history (migrating it), recover from a crash, and wire the runner to the models."""
+    offline_environment()
+    settings = settings or Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not settings.offline:
+        os.environ["HF_HUB_OFFLINE"] = "0"
+    database = Database(settings.database_path)
+    history = HistoryStore(database, BlobStore(settings.blobs_dir))
+    recovery = history.recover()
+    if recovery.interrupted_runs:
+        log.warning("marked %d run(s) left running by a crash as interrupted: %s",
+                    len(recovery.interrupted_runs), recovery.interrupted_runs)
+    if recovery.orphan_blobs or recovery.missing_blobs or recovery.stray_temp_files:
+        log.warning("history files: %d without a row, %d rows missing a file, %d half-written temp files",
+                    len(recovery.orphan_blobs), len(recovery.missing_blobs), len(recovery.stray_temp_files))
+    where = placement(settings.device, settings.precision)
+    models = ModelManager(settings, where)
+    runner = JobRunner(models, history, settings)
+    return Services(settings, where, database, history, models, runner, recovery)

@@ -1,0 +1,246 @@
+"""Command line: serve / generate / history / models. Same runner as the UI underneath.
+
+Errors print one line on stderr naming the field, and exit non-zero (2 bad input, 3 model,
+4 not found, 1 anything else).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from studio.errors import StudioError
+from studio.requests import Txt2ImgRequest, field_spec
+from studio.settings import Settings
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, help="database, outputs and blobs (default: data/ or STUDIO_DATA_DIR)")
+    parser.add_argument("--models-dir", type=Path, help="A1111-style models folder (default: models/)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def add_generation_options(parser: argparse.ArgumentParser) -> None:
+    """The txt2img options every generating command shares (ranges from the request spec)."""
+
+    def described(name: str) -> str:
+        meta = field_spec(Txt2ImgRequest, name)
+        bounds = f" ({meta['min']:g}..{meta['max']:g})" if meta.get("min") is not None else ""
+        return f"{meta['label']}{bounds}. {meta.get('help', '')}".strip()
+
+    parser.add_argument("--prompt", required=True, help="what to draw")
+    parser.add_argument("--negative", default="", help="what to avoid (negative prompt)")
+    parser.add_argument("--seed", type=int, default=-1, help=described("seed"))
+    parser.add_argument("--steps", type=int, default=Txt2ImgRequest.steps, help=described("steps"))
+    parser.add_argument("--cfg", type=float, default=Txt2ImgRequest.cfg_scale, help=described("cfg_scale"))
+    parser.add_argument("--width", type=int, help=described("width") + " Default: the model's native size.")
+    parser.add_argument("--height", type=int, help=described("height") + " Default: the model's native size.")
+    parser.add_argument("--sampler", default=Txt2ImgRequest.sampler, help="sampler, A1111 name (see `studio samplers`)")
+    parser.add_argument("--karras", action=argparse.BooleanOptionalAction, default=Txt2ImgRequest.karras,
+                        help="Karras sigma schedule where the sampler supports it")
+    parser.add_argument("--batch-size", type=int, default=1, help=described("batch_size"))
+    parser.add_argument("--batch-count", type=int, default=1, help=described("batch_count"))
+    parser.add_argument("--model", help="model name (see `studio models list`); default: the embedded model")
+    parser.add_argument("--vae", help="VAE override from models/VAE")
+
+
+def generation_fields(args) -> dict:
+    return dict(prompt=args.prompt, negative_prompt=args.negative, seed=args.seed, steps=args.steps,
+                cfg_scale=args.cfg, width=args.width, height=args.height, sampler=args.sampler,
+                karras=args.karras, batch_size=args.batch_size, batch_count=args.batch_count,
+                model=args.model, vae=args.vae)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="studio", description="Local diffusion studio")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="start the web UI")
+    _common(serve)
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 7860)")
+    serve.add_argument("--listen", action="store_true", help="bind 0.0.0.0 so the network can reach it")
+    serve.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+
+    gen = sub.add_parser("generate", help="txt2img from the command line")
+    _common(gen)
+    add_generation_options(gen)
+
+    history = sub.add_parser("history", help="browse, show, re-run, star, delete past runs")
+    hsub = history.add_subparsers(dest="action", required=True)
+    listing = hsub.add_parser("list", help="newest first")
+    _common(listing)
+    listing.add_argument("--search", help="text in the prompt or negative prompt")
+    listing.add_argument("--mode")
+    listing.add_argument("--model")
+    listing.add_argument("--starred", action="store_true")
+    listing.add_argument("--limit", type=int, default=20)
+    for name, help_text in (("show", "every parameter of a run"), ("rerun", "run it again (same seeds)"),
+                            ("delete", "remove a run and the files only it uses"), ("star", "star a run"),
+                            ("unstar", "remove the star")):
+        action = hsub.add_parser(name, help=help_text)
+        _common(action)
+        action.add_argument("run_id", type=int)
+    imported = hsub.add_parser("import", help="read the parameters of a PNG (studio or A1111)")
+    _common(imported)
+    imported.add_argument("png", type=Path)
+
+    models = sub.add_parser("models", help="list and add checkpoints")
+    msub = models.add_subparsers(dest="action", required=True)
+    mlist = msub.add_parser("list")
+    _common(mlist)
+    madd = msub.add_parser("add", help="register a .safetensors file, a diffusers folder or a hub id")
+    _common(madd)
+    madd.add_argument("path")
+    madd.add_argument("--name")
+    madd.add_argument("--config", help="diffusers config folder for a single file (default: by detected family)")
+    mexport = msub.add_parser("export", help="write a model as one A1111-style .safetensors file (SD1.x)")
+    _common(mexport)
+    mexport.add_argument("name")
+    mexport.add_argument("dest", type=Path)
+
+    samplers = sub.add_parser("samplers", help="list sampler names")
+    samplers.add_argument("--json", action="store_true")
+    return parser
+
+
+def settings_from(args) -> Settings:
+    overrides = {}
+    for name in ("data_dir", "models_dir", "host", "port"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    if getattr(args, "listen", False):
+        overrides["listen"] = True
+    return Settings(**overrides)
+
+
+def _emit(args, payload, text: str) -> None:
+    print(json.dumps(payload, indent=None if args.json else 2, default=str) if args.json else text)
+
+
+def run_summary(result) -> dict:
+    return {"run_id": result.run_id, "status": result.status, "seed": result.request.seed,
+            "seeds": result.seeds, "outputs": [str(ref.path) for ref in result.outputs],
+            "duration_s": round(result.duration_s, 3)}
+
+
+def record_summary(record, full: bool = False) -> dict:
+    data = {"run_id": record.id, "created_at": record.created_at.isoformat(), "status": record.status,
+            "mode": record.mode, "model": record.model_name, "model_hash": record.short_hash,
+            "prompt": record.prompt, "seed": record.seed, "sampler": record.sampler, "steps": record.steps,
+            "cfg_scale": record.cfg_scale, "size": f"{record.width}x{record.height}",
+            "starred": record.starred, "outputs": [str(ref.path) for ref in record.outputs]}
+    if full:
+        data.update(negative_prompt=record.negative_prompt, karras=record.karras, seeds=record.seeds,
+                    batch_size=record.batch_size, batch_count=record.batch_count, vae=record.vae,
+                    scheduler=record.scheduler, params=record.params, error=record.error,
+                    duration_s=record.duration_s, timings=record.timings, device=record.device,
+                    dtype=record.dtype, versions=record.versions, parent_id=record.parent_id,
+                    rerun_of=record.rerun_of, model_hash_full=record.model_hash,
+                    inputs={ref.name: str(ref.path) for ref in record.inputs},
+                    output_seeds=[ref.seed for ref in record.outputs])
+    return data
+
+
+def _history(args, services) -> None:
+    history, runner = services.history, services.runner
+    if args.action == "list":
+        rows = history.search(args.search, mode=args.mode, model=args.model,
+                              starred=True if args.starred else None, limit=args.limit)
+        data = [record_summary(r) for r in rows]
+        text = "\n".join(f"{r['run_id']:>5}  {r['status']:<11} {r['mode']:<8} {r['model']:<20} "
+                         f"seed {r['seed']:<10} {r['prompt'][:60]}" for r in data) or "no runs"
+        _emit(args, data, text)
+    elif args.action == "show":
+        data = record_summary(history.get(args.run_id), full=True)
+        _emit(args, data, json.dumps(data, indent=2, default=str))
+    elif args.action == "rerun":
+        result = runner.rerun(args.run_id)
+        data = run_summary(result)
+        _emit(args, data, "\n".join(data["outputs"]))
+    elif args.action == "delete":
+        removed = history.delete(args.run_id)
+        _emit(args, {"run_id": args.run_id, "deleted_files": removed}, f"deleted run {args.run_id}")
+    elif args.action in ("star", "unstar"):
+        history.star(args.run_id, args.action == "star")
+        _emit(args, {"run_id": args.run_id, "starred": args.action == "star"}, f"{args.action}red {args.run_id}")
+    elif args.action == "import":
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(args.png) as image:
+                image.load()
+                request = runner.request_from_png(image)
+        except (OSError, UnidentifiedImageError) as error:
+            raise StudioError(f"cannot read {args.png} as an image ({error})", field="png") from error
+        from studio.requests import to_record
+
+        params, _ = to_record(request)
+        _emit(args, params, json.dumps(params, indent=2))
+
+
+def _models(args, services) -> None:
+    models = services.models
+    if args.action == "list":
+        models.default_name()  # makes the placeholder on a machine without the embedded model
+        data = [models.describe(entry) for entry in models.entries().values()]
+        text = "\n".join(f"{d['name']:<28} {d['source']:<12} {d['location']}" for d in data)
+        _emit(args, data, text)
+    elif args.action == "add":
+        entry = models.add(args.path, args.name, args.config)
+        _emit(args, models.describe(entry), f"added {entry.name} ({entry.source}: {entry.location})")
+    elif args.action == "export":
+        from studio.engine.checkpoints import export_single_file
+
+        model = models.load(args.name)
+        if model.family != "sd1":
+            raise StudioError(f"export supports SD1.x models; {args.name} is {model.family}", field="name")
+        path = export_single_file(model.pipe, args.dest)
+        _emit(args, {"path": str(path)}, str(path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "samplers":
+        from studio.engine.schedulers import SAMPLER_NAMES
+
+        print(json.dumps(list(SAMPLER_NAMES)) if args.json else "\n".join(SAMPLER_NAMES))
+        return 0
+    try:
+        settings = settings_from(args)
+        if args.command == "serve":
+            from studio.ui.server import serve
+
+            serve(settings, open_browser=not args.no_browser)
+            return 0
+        from studio.app import build
+
+        services = build(settings)
+        try:
+            if args.command == "generate":
+                result = services.runner.run(Txt2ImgRequest(**generation_fields(args)))
+                data = run_summary(result)
+                _emit(args, data, "\n".join(data["outputs"]))
+            elif args.command == "history":
+                _history(args, services)
+            elif args.command == "models":
+                _models(args, services)
+        finally:
+            services.close()
+        return 0
+    except StudioError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # the CLI's last line of defence: one line, not a traceback
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

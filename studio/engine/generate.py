@@ -1,0 +1,129 @@
+"""One pipeline call loop shared by every mode: request + pipeline + seeds + step callback -> images.
+
+A mode contributes only what differs (its pipeline kwargs and a finishing step), the way every
+diffusers scheduler offers the same set_timesteps/step interface: the loop never branches on mode.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from PIL import Image
+
+from studio.engine.devices import cpu_generator
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Progress of one sampling step, for the progress bar and live previews."""
+
+    batch_index: int
+    batch_count: int
+    step: int
+    total_steps: int
+    latents: torch.Tensor | None
+
+    @property
+    def fraction(self) -> float:
+        done = self.batch_index * self.total_steps + self.step
+        return min(1.0, done / max(1, self.batch_count * self.total_steps))
+
+
+class CancelToken:
+    """Set by the Interrupt button; checked between steps."""
+
+    def __init__(self):
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+class Mode(Protocol):
+    """What a mode adds to the shared loop."""
+
+    name: str
+
+    def pipeline_mode(self, request) -> str: ...
+
+    def call_kwargs(self, request, context: dict) -> dict: ...
+
+    def finish(self, images: list[Image.Image], request, context: dict) -> list[Image.Image]: ...
+
+
+class Txt2Img:
+    name = "txt2img"
+
+    def pipeline_mode(self, request) -> str:
+        return "txt2img"
+
+    def call_kwargs(self, request, context: dict) -> dict:
+        return {"width": request.width, "height": request.height}
+
+    def finish(self, images, request, context):
+        return images
+
+
+MODES: dict[str, Mode] = {"txt2img": Txt2Img()}
+
+
+def register_mode(mode: Mode) -> Mode:
+    MODES[mode.name] = mode
+    return mode
+
+
+@dataclass
+class Outcome:
+    images: list[Image.Image]
+    seeds: list[int]
+    cancelled: bool
+
+
+def run(pipe, request, mode: Mode, *, on_step: Callable[[StepInfo], None] | None = None,
+        cancel: CancelToken | None = None, context: dict | None = None) -> Outcome:
+    """Run every batch of a request; stops between steps when cancelled, keeping finished images."""
+    context = context or {}
+    seeds = request.seeds()
+    extra: dict[str, Any] = mode.call_kwargs(request, context)
+    images: list[Image.Image] = []
+    used_seeds: list[int] = []
+    cancelled = False
+    for batch in range(request.batch_count):
+        batch_seeds = seeds[batch * request.batch_size:(batch + 1) * request.batch_size]
+
+        def step_end(pipeline, step, _timestep, tensors, batch=batch):
+            nonlocal cancelled
+            if cancel is not None and cancel.cancelled:
+                cancelled = True
+                pipeline._interrupt = True  # diffusers skips the remaining steps and decodes
+            if on_step is not None:
+                total = getattr(pipeline, "_num_timesteps", None) or request.steps
+                on_step(StepInfo(batch, request.batch_count, step + 1, total, tensors.get("latents")))
+            return tensors
+
+        result = pipe(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt or None,
+            num_inference_steps=request.steps,
+            guidance_scale=request.cfg_scale,
+            num_images_per_prompt=len(batch_seeds),
+            generator=[cpu_generator(seed) for seed in batch_seeds],
+            callback_on_step_end=step_end,
+            callback_on_step_end_tensor_inputs=["latents"],
+            output_type="pil",
+            **extra,
+        )
+        images.extend(mode.finish(list(result.images), request, context))
+        used_seeds.extend(batch_seeds)
+        if cancelled or (cancel is not None and cancel.cancelled):
+            cancelled = True
+            break
+    return Outcome(images, used_seeds, cancelled)

@@ -1,0 +1,247 @@
+"""JobRunner: the single path every run takes, from a request to recorded output files.
+
+1. validate and resolve the request (model, size, seed); bad input fails before anything is written
+2. store input blobs and insert the history row as `running`, in one transaction
+3. ask the ModelManager for the mode's pipeline (shared weights) with a fresh scheduler
+4. run the mode through engine.generate with a step callback (progress, previews, cancel)
+5. write outputs atomically as PNGs carrying their parameters, then mark the row `done`
+6. on any error mark the row `failed` with the message; Interrupt marks it `interrupted`
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from studio import __version__
+from studio.engine import generate
+from studio.engine.generate import CancelToken, StepInfo
+from studio.engine.models import ModelManager
+from studio.engine.previews import Previewer
+from studio.engine.schedulers import SAMPLER_NAMES, describe_scheduler, make_scheduler, supports_karras
+from studio.errors import InputError, StudioError
+from studio.history.infotext import format_infotext, parse_infotext, read_parameters
+from studio.history.store import HistoryStore, ImageRef
+from studio.requests import (REQUEST_TYPES, Txt2ImgRequest, from_record, resolve_seed, to_record,
+                             validate)
+from studio.settings import Settings
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the UI shows while a run is going."""
+
+    fraction: float
+    message: str
+    preview: Image.Image | None = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: int
+    status: str
+    request: Any
+    seeds: list[int]
+    images: list[Image.Image]
+    outputs: list[ImageRef]
+    infotexts: list[str]
+    duration_s: float
+
+
+def library_versions() -> dict:
+    import diffusers
+    import torch
+    import transformers
+
+    return {"studio": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__}
+
+
+class JobRunner:
+    def __init__(self, models: ModelManager, history: HistoryStore, settings: Settings):
+        self.models = models
+        self.history = history
+        self.settings = settings
+        # One device, one job at a time, whether the UI, the API or the CLI asked.
+        self._device_lock = threading.Lock()
+        self._current: CancelToken | None = None
+        self._versions: dict | None = None
+
+    # -- the path of a run -----------------------------------------------------------------
+
+    def prepare(self, request):
+        """Validate and make concrete (model, size, seed): what will run and be recorded."""
+        validate(request)
+        entry = self.models.resolve(request.model)
+        changes: dict[str, Any] = {"model": entry.name}
+        if request.width is None or request.height is None:
+            native = self.models.native_size(entry)
+            changes["width"] = request.width or native
+            changes["height"] = request.height or native
+        request = resolve_seed(dataclasses.replace(request, **changes))
+        pixels = request.width * request.height
+        if pixels > self.settings.max_pixels:
+            raise InputError(f"{request.width}x{request.height} is {pixels:,} pixels, over the limit of "
+                             f"{self.settings.max_pixels:,} (STUDIO_MAX_PIXELS); use a smaller size", field="width")
+        if request.sampler and request.karras and not supports_karras(request.sampler):
+            request = dataclasses.replace(request, karras=False)
+        return request
+
+    def cancel(self) -> bool:
+        """Interrupt the run in progress (if any) after its current step."""
+        token = self._current
+        if token is not None:
+            token.cancel()
+        return token is not None
+
+    def run(self, request, on_progress: Callable[[Progress], None] | None = None,
+            cancel: CancelToken | None = None, rerun_of: int | None = None) -> RunResult:
+        request = self.prepare(request)
+        mode = generate.MODES[request.mode]
+        params, inputs = to_record(request)
+        if request.parent_run_id is None and inputs:
+            parent = self.history.run_with_output(next(iter(inputs.values())))
+            if parent is not None:
+                request = dataclasses.replace(request, parent_run_id=parent)
+                params["parent_run_id"] = parent
+        cancel = cancel or CancelToken()
+        with self._device_lock:
+            self._current = cancel
+            try:
+                return self._run_locked(request, mode, params, inputs, on_progress, cancel, rerun_of)
+            finally:
+                self._current = None
+
+    def _run_locked(self, request, mode, params, inputs, on_progress, cancel, rerun_of) -> RunResult:
+        started = time.perf_counter()
+        model = self.models.load(request.model)
+        load_s = time.perf_counter() - started
+        pipe = self.models.pipeline(mode.pipeline_mode(request), request.model, request.vae)
+        pipe.scheduler = make_scheduler(request.sampler, request.karras, dict(pipe.scheduler.config))
+        self._vae_tiling(pipe, request)
+        run_id = self.history.start(self._row(request, model, pipe, params, rerun_of), inputs)
+        try:
+            previews = Previewer(pipe, model.family)
+            every = self.settings.preview_every
+
+            def on_step(info: StepInfo) -> None:
+                if on_progress is None:
+                    return
+                preview = None
+                if every and info.latents is not None and (info.step % every == 0 or info.step == info.total_steps):
+                    preview = previews(info.latents)
+                on_progress(Progress(info.fraction, f"image batch {info.batch_index + 1}/{info.batch_count}, "
+                                                    f"step {info.step}/{info.total_steps}", preview))
+
+            sample_started = time.perf_counter()
+            outcome = generate.run(pipe, request, mode, on_step=on_step, cancel=cancel,
+                                   context={"model": model, "settings": self.settings})
+            sample_s = time.perf_counter() - sample_started
+            infotexts = [self.infotext(request, model, seed) for seed in outcome.seeds]
+            outputs = [(image, seed, text, self._image_request_json(request, seed, inputs))
+                       for image, seed, text in zip(outcome.images, outcome.seeds, infotexts)]
+            status = "interrupted" if outcome.cancelled else "done"
+            duration = time.perf_counter() - started
+            refs = self.history.finish(
+                run_id, outputs, status=status, duration_s=duration,
+                timings={"load_s": round(load_s, 4), "sample_s": round(sample_s, 4),
+                         "per_image_s": round(sample_s / max(1, len(outcome.images)), 4)},
+                error="interrupted by the user" if outcome.cancelled else None)
+        except BaseException as error:
+            message = str(error) if isinstance(error, StudioError) else f"{type(error).__name__}: {error}"
+            self.history.fail(run_id, message, time.perf_counter() - started)
+            raise
+        if on_progress is not None:
+            on_progress(Progress(1.0, "interrupted" if outcome.cancelled else "done"))
+        return RunResult(run_id, status, request, outcome.seeds, outcome.images, refs, infotexts,
+                         time.perf_counter() - started)
+
+    def _vae_tiling(self, pipe, request) -> None:
+        # Large canvases decode tile by tile so memory stays bounded instead of running out.
+        if request.width * request.height > self.settings.vae_tiling_pixels:
+            pipe.vae.enable_tiling()
+        else:
+            pipe.vae.disable_tiling()
+
+    def _row(self, request, model, pipe, params: dict, rerun_of: int | None) -> dict:
+        if self._versions is None:
+            self._versions = library_versions()
+        return dict(
+            mode=request.mode, model_name=model.entry.name, model_hash=model.model_hash, vae=request.vae,
+            sampler=request.sampler, karras=request.karras, scheduler=describe_scheduler(pipe.scheduler),
+            prompt=request.prompt, negative_prompt=request.negative_prompt, seed=request.seed,
+            seeds=request.seeds(), steps=request.steps, cfg_scale=request.cfg_scale, width=request.width,
+            height=request.height, batch_size=request.batch_size, batch_count=request.batch_count,
+            params=params, device=self.models.placement.description, dtype=self.models.placement.dtype_name,
+            versions=self._versions, parent_id=request.parent_run_id, rerun_of=rerun_of,
+        )
+
+    # -- parameters in and out of PNGs ------------------------------------------------------
+
+    def infotext(self, request, model, seed: int) -> str:
+        """The A1111 `parameters` text of one output image."""
+        pairs = {
+            "Steps": request.steps,
+            "Sampler": request.sampler,
+            "Schedule type": "Karras" if request.karras else "Automatic",
+            "CFG scale": f"{request.cfg_scale:g}",
+            "Seed": seed,
+            "Size": f"{request.width}x{request.height}",
+            "Model hash": model.model_hash[:10],
+            "Model": model.entry.name,
+            "VAE": request.vae,
+        }
+        pairs.update(getattr(generate.MODES[request.mode], "infotext_pairs", lambda r: {})(request))
+        pairs["Version"] = f"studio {__version__}"
+        return format_infotext(request.prompt, request.negative_prompt, pairs)
+
+    @staticmethod
+    def _image_request_json(request, seed: int, inputs: dict) -> dict:
+        """The request that reproduces exactly this one image (its own seed, batch of one)."""
+        params, _ = to_record(dataclasses.replace(request, seed=seed, batch_size=1, batch_count=1))
+        return params
+
+    def request_from_png(self, image: Image.Image):
+        """Parameters of a PNG made by this studio (exact) or by A1111 (its infotext) as a request."""
+        text, studio_params = read_parameters(image)
+        if studio_params and studio_params.get("mode") in REQUEST_TYPES:
+            return from_record(studio_params, {})
+        if not text:
+            raise InputError("this image carries no generation parameters (no PNG 'parameters' text)",
+                             field="image")
+        parsed = parse_infotext(text)
+        fields = {f.name for f in dataclasses.fields(Txt2ImgRequest)}
+        values = {k: v for k, v in parsed.items() if k in fields}
+        if values.get("model") and values["model"] not in self.models.entries():
+            values["model"] = self._model_by_hash(parsed.get("model_hash"))
+        if values.get("sampler") and values["sampler"] not in SAMPLER_NAMES:
+            values["sampler"] = Txt2ImgRequest.sampler
+        return Txt2ImgRequest(**values)
+
+    def _model_by_hash(self, short_hash: str | None) -> str | None:
+        if not short_hash:
+            return None
+        for entry in self.models.entries().values():
+            try:
+                if self.models.model_hash(entry).startswith(short_hash.lower()):
+                    return entry.name
+            except StudioError:
+                continue
+        return None
+
+    # -- history actions --------------------------------------------------------------------
+
+    def restore(self, run_id: int):
+        """The exact request of a past run, inputs included: what Restore puts back in its tab."""
+        record = self.history.get(run_id)
+        return from_record(record.params, self.history.load_inputs(record))
+
+    def rerun(self, run_id: int, on_progress=None, cancel=None) -> RunResult:
+        """Run a past request again: same seeds, same settings, recorded as a re-run of it."""
+        return self.run(self.restore(run_id), on_progress, cancel, rerun_of=run_id)

@@ -1,0 +1,69 @@
+"""Assembles the Blocks app: the shared model header, then one tab per mode, History and Models."""
+
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+
+from studio.app import Services
+from studio.ui import history, models, txt2img
+from studio.ui.context import UIContext
+from studio.ui.models import model_choices, vae_choices
+
+# Ctrl+Enter (Cmd+Enter) presses the Generate button of the visible tab, as in A1111.
+SHORTCUTS_JS = """
+() => {
+  document.addEventListener('keydown', (event) => {
+    if ((event.ctrlKey || event.metaKey) && event.key === 'Enter') {
+      const buttons = [...document.querySelectorAll('.studio-generate')].filter((b) => b.offsetParent !== null);
+      if (buttons.length) { event.preventDefault(); buttons[0].click(); }
+    }
+  });
+}
+"""
+
+CSS = """
+.studio-progress { position: relative; height: 22px; background: var(--block-background-fill);
+  border: 1px solid var(--border-color-primary); border-radius: 4px; overflow: hidden; }
+.studio-progress-bar { position: absolute; inset: 0 auto 0 0; background: var(--color-accent-soft); }
+.studio-progress span { position: relative; padding-left: 8px; font-size: 0.85em; }
+"""
+
+
+def model_note(services: Services, name: str | None) -> str:
+    entry = services.models.entries().get(name or "")
+    if entry is None:
+        return ""
+    text = f"**{html.escape(entry.label)}** — {html.escape(entry.description or entry.location)}"
+    if entry.example_prompts:
+        text += "<br>Try: " + " · ".join(f"<code>{html.escape(p)}</code>" for p in entry.example_prompts[:4])
+    return text
+
+
+def build_ui(services: Services) -> gr.Blocks:
+    default = services.models.default_name()
+    native = services.models.native_size(services.models.resolve(default))
+    with gr.Blocks(title="studio") as demo:
+        with gr.Row(equal_height=True):
+            model = gr.Dropdown(model_choices(services), value=default, label="Model", scale=3,
+                                elem_id="model-select")
+            vae = gr.Dropdown(vae_choices(services), value="Automatic", label="VAE", scale=2, elem_id="vae-select")
+            note = gr.Markdown(model_note(services, default), elem_id="model-note")
+        with gr.Tabs(selected="txt2img") as tabs:
+            ctx = UIContext(services, model, vae, tabs)
+            txt2img.build(ctx, native)
+            history.build(ctx)
+            models.build(ctx)
+
+        def on_model_change(name):
+            size = services.models.native_size(services.models.resolve(name)) if name else native
+            update = {note: model_note(services, name)}
+            for width, height in ctx.size_sliders:
+                update[width] = size
+                update[height] = size
+            return update
+
+        size_outputs = [note] + [slider for pair in ctx.size_sliders for slider in pair]
+        model.input(on_model_change, inputs=model, outputs=size_outputs, api_name=False)
+    return demo

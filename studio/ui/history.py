@@ -1,0 +1,220 @@
+"""The History tab: every past run, newest first; search, filter, star, delete, restore, re-run, lineage."""
+
+from __future__ import annotations
+
+import html
+from functools import lru_cache
+
+import gradio as gr
+from PIL import Image, ImageDraw
+
+from studio.errors import StudioError
+from studio.requests import REQUEST_TYPES
+from studio.ui.context import DEVICE_QUEUE, UIContext
+from studio.ui.widgets import progress_html, stream_run, user_error
+
+ALL = "all"
+PAGE_SIZE = 60
+
+
+@lru_cache(maxsize=8)
+def status_tile(status: str) -> Image.Image:
+    """A grey tile standing in for a run without an output image (failed, interrupted early)."""
+    tile = Image.new("RGB", (96, 96), (60, 60, 60))
+    ImageDraw.Draw(tile).text((10, 40), status, fill=(230, 230, 230))
+    return tile
+
+
+def run_caption(record) -> str:
+    star = "★ " if record.starred else ""
+    return f"{star}#{record.id} · {record.mode} · {record.prompt[:48]}"
+
+
+def details_markdown(record) -> str:
+    rows = [
+        ("Run", f"#{record.id} ({record.status})"), ("Mode", record.mode), ("Prompt", record.prompt),
+        ("Negative prompt", record.negative_prompt), ("Model", f"{record.model_name} [{record.short_hash}]"),
+        ("VAE", record.vae or "model's own"),
+        ("Sampler", f"{record.sampler}{' Karras' if record.karras else ''} ({record.scheduler.get('class')})"),
+        ("Steps", record.steps), ("CFG scale", record.cfg_scale), ("Size", f"{record.width}x{record.height}"),
+        ("Seeds", ", ".join(str(s) for s in record.seeds)),
+        ("Batch", f"{record.batch_count} x {record.batch_size}"),
+        ("Started", record.created_at.strftime("%Y-%m-%d %H:%M:%S UTC")),
+        ("Duration", f"{record.duration_s:.2f} s" if record.duration_s else "-"),
+        ("Device", f"{record.device} / {record.dtype}"),
+        ("Versions", ", ".join(f"{k} {v}" for k, v in record.versions.items())),
+    ]
+    extra = {k: v for k, v in record.params.items()
+             if k not in {"mode", "prompt", "negative_prompt", "model", "vae", "sampler", "karras", "steps",
+                          "cfg_scale", "width", "height", "seed", "batch_size", "batch_count", "parent_run_id"}}
+    rows += [(k.replace("_", " ").capitalize(), v) for k, v in extra.items()]
+    if record.parent_id:
+        rows.append(("Derived from", f"run #{record.parent_id}"))
+    if record.rerun_of:
+        rows.append(("Re-run of", f"run #{record.rerun_of}"))
+    if record.inputs:
+        rows.append(("Inputs", ", ".join(ref.name for ref in record.inputs)))
+    if record.error:
+        rows.append(("Error", record.error))
+    lines = ["| | |", "|---|---|"]
+    lines += [f"| {name} | {html.escape(str(value)).replace('|', '&#124;').replace(chr(10), ' ')} |"
+              for name, value in rows]
+    return "\n".join(lines)
+
+
+def lineage_markdown(ancestors, children) -> str:
+    if len(ancestors) <= 1 and not children:
+        return "No earlier or later versions."
+    chain = " → ".join(f"#{r.id} {r.mode}" for r in ancestors)
+    text = f"**Lineage** (root first): {chain}"
+    if children:
+        text += "\n\n**Branches from here**: " + ", ".join(f"#{r.id} {r.mode}" for r in children)
+    return text
+
+
+def build(ctx: UIContext) -> None:
+    services = ctx.services
+    history, runner = services.history, services.runner
+    with gr.Tab("History", id="history"):
+        with gr.Row():
+            search = gr.Textbox(label="Search prompts", scale=3, elem_id="history-search")
+            mode = gr.Dropdown([ALL, *REQUEST_TYPES], value=ALL, label="Mode", scale=1, elem_id="history-mode")
+            model = gr.Dropdown([ALL], value=ALL, label="Model", scale=1, allow_custom_value=True,
+                                elem_id="history-model")
+            starred = gr.Checkbox(label="Starred only", scale=1, elem_id="history-starred")
+            refresh = gr.Button("Refresh", scale=1, elem_id="history-refresh")
+        with gr.Row():
+            with gr.Column(scale=3):
+                runs = gr.Gallery(label="Runs", columns=6, height=520, type="filepath", format="png",
+                                  allow_preview=False, elem_id="history-gallery", object_fit="cover")
+            with gr.Column(scale=2):
+                selected = gr.Number(label="Selected run", precision=0, interactive=False,
+                                     elem_id="history-selected")
+                with gr.Row():
+                    restore = gr.Button("Restore", variant="primary", elem_id="history-restore")
+                    rerun = gr.Button("Re-run", elem_id="history-rerun")
+                    star = gr.Button("★ Star / unstar", elem_id="history-star")
+                    delete = gr.Button("Delete", variant="stop", elem_id="history-delete")
+                status = gr.Markdown(elem_id="history-status")
+                progress = gr.HTML(progress_html(0, ""), elem_id="history-progress")
+                outputs = gr.Gallery(label="Outputs", columns=3, type="filepath", format="png",
+                                     elem_id="history-outputs", height=260)
+                details = gr.Markdown(elem_id="history-details")
+                lineage = gr.Markdown(elem_id="history-lineage")
+                with gr.Row():
+                    parent_button = gr.Button("Go to parent", size="sm", elem_id="history-parent")
+        with gr.Accordion("Import parameters from a PNG (this studio or A1111)", open=False):
+            png = gr.Image(type="pil", label="PNG", format="png", sources=["upload"], elem_id="history-png")
+            import_button = gr.Button("Restore parameters from PNG", elem_id="history-import")
+        shown = gr.State([])
+
+    def load_runs(text, mode_value, model_value, starred_only):
+        records = history.search(text or None, mode=None if mode_value == ALL else mode_value,
+                                 model=None if model_value in (ALL, None, "") else model_value,
+                                 starred=True if starred_only else None, limit=PAGE_SIZE)
+        items = []
+        for record in records:
+            thumb = str(record.outputs[0].path) if record.outputs else status_tile(record.status)
+            items.append((thumb, run_caption(record)))
+        models = [ALL, *history.distinct_values("model_name")]
+        return items, [r.id for r in records], gr.update(choices=models)
+
+    filters = [search, mode, model, starred]
+    for trigger in (refresh.click, search.submit, mode.change, starred.change):
+        trigger(load_runs, inputs=filters, outputs=[runs, shown, model], api_name=False)
+    model.input(load_runs, inputs=filters, outputs=[runs, shown, model], api_name=False)
+
+    def show(run_id):
+        if run_id is None:
+            return {status: "Select a run."}
+        try:
+            record = history.get(int(run_id))
+        except StudioError as error:
+            return {status: str(error)}
+        ancestors, children = history.lineage(record.id)
+        return {selected: record.id, details: details_markdown(record), lineage: lineage_markdown(ancestors, children),
+                outputs: [(str(r.path), f"seed {r.seed}") for r in record.outputs], status: ""}
+
+    def on_select(ids, event: gr.SelectData):
+        return show(ids[event.index]) if event.index < len(ids) else {status: "Refresh the list."}
+
+    detail_outputs = [selected, details, lineage, outputs, status]
+    runs.select(on_select, inputs=shown, outputs=detail_outputs, api_name=False)
+
+    def go_parent(run_id):
+        if run_id is None:
+            return {status: "Select a run."}
+        parent = history.get(int(run_id)).parent_id
+        return show(parent) if parent else {status: "This run has no parent: it is the root of its lineage."}
+
+    parent_button.click(go_parent, inputs=selected, outputs=detail_outputs, api_name=False)
+
+    restore_outputs = [ctx.tabs, status]
+    for binding in ctx.restorers.values():
+        restore_outputs += binding.outputs
+
+    def restore_request(request, note: str):
+        binding = ctx.restorers.get(request.mode)
+        if binding is None:
+            raise gr.Error(f"runs of mode {request.mode!r} cannot be restored in this version")
+        return {ctx.tabs: gr.Tabs(selected=binding.tab_id), status: note, **binding.updates(request)}
+
+    def on_restore(run_id):
+        if run_id is None:
+            raise gr.Error("select a run first")
+        try:
+            request = runner.restore(int(run_id))
+        except StudioError as error:
+            raise user_error(error) from error
+        return restore_request(request, f"Restored run #{int(run_id)} into its tab.")
+
+    restore.click(on_restore, inputs=selected, outputs=restore_outputs, api_name="restore_run")
+
+    def on_import(image):
+        if image is None:
+            raise gr.Error("image: upload a PNG first")
+        try:
+            request = runner.request_from_png(image)
+        except StudioError as error:
+            raise user_error(error) from error
+        return restore_request(request, "Restored the parameters embedded in the PNG.")
+
+    import_button.click(on_import, inputs=png, outputs=restore_outputs, api_name=False)
+
+    def on_rerun(run_id, *filter_values):
+        if run_id is None:
+            raise gr.Error("select a run first")
+        for kind, payload in stream_run(lambda report: runner.rerun(int(run_id), on_progress=report),
+                                        progress, outputs):
+            if kind == "progress":
+                yield payload
+            else:
+                result = payload
+                items, ids, models = load_runs(*filter_values)
+                yield {**show(result.run_id), runs: items, shown: ids, model: models,
+                       progress: progress_html(1, f"re-run #{result.run_id} {result.status}")}
+
+    rerun.click(on_rerun, inputs=[selected, *filters], outputs=[*detail_outputs, runs, shown, model, progress],
+                concurrency_id=DEVICE_QUEUE, concurrency_limit=1, api_name="rerun_run")
+
+    def on_star(run_id, *filter_values):
+        if run_id is None:
+            raise gr.Error("select a run first")
+        record = history.get(int(run_id))
+        history.star(record.id, not record.starred)
+        items, ids, models = load_runs(*filter_values)
+        return {**show(record.id), runs: items, shown: ids, model: models}
+
+    star.click(on_star, inputs=[selected, *filters], outputs=[*detail_outputs, runs, shown, model], api_name=False)
+
+    def on_delete(run_id, *filter_values):
+        if run_id is None:
+            raise gr.Error("select a run first")
+        removed = history.delete(int(run_id))
+        items, ids, models = load_runs(*filter_values)
+        return {runs: items, shown: ids, model: models, selected: None, details: "", lineage: "", outputs: [],
+                status: f"Deleted run #{int(run_id)} and {len(removed)} file(s) only it used."}
+
+    delete.click(on_delete, inputs=[selected, *filters], outputs=[*detail_outputs, runs, shown, model],
+                 api_name=False)
+    return load_runs, filters, [runs, shown, model]

@@ -1,0 +1,69 @@
+"""The Models tab: checkpoints found and added, adding by path or hub id, unloading."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from studio.errors import StudioError
+from studio.ui.context import UIContext
+
+COLUMNS = ["name", "source", "family", "loaded", "location", "description"]
+
+
+def model_rows(services) -> list[list]:
+    models = services.models
+    rows = []
+    for entry in models.entries().values():
+        row = models.describe(entry)
+        rows.append([row.get(column, "") for column in COLUMNS])
+    return rows
+
+
+def model_choices(services) -> list[tuple[str, str]]:
+    return [(entry.label, entry.name) for entry in services.models.entries().values()]
+
+
+def vae_choices(services) -> list[str]:
+    return ["Automatic", *services.models.vae_names()]
+
+
+def build(ctx: UIContext) -> None:
+    services = ctx.services
+    models = services.models
+    with gr.Tab("Models", id="models"):
+        gr.Markdown(f"Checkpoints are read from `{models.checkpoints_dir}`, VAEs from `{models.vae_dir}` and "
+                    f"ControlNets from `{models.controlnet_dir}` (A1111 layout). Pick the active model and VAE "
+                    "at the top of the page.")
+        table = gr.Dataframe(model_rows(services), headers=COLUMNS, interactive=False, wrap=True,
+                             elem_id="models-table")
+        with gr.Row():
+            path = gr.Textbox(label="Add a model: path to a .safetensors file or diffusers folder, or a hub id "
+                                    "(online machines only)", scale=4, elem_id="models-path")
+            name = gr.Textbox(label="Name (optional)", scale=1, elem_id="models-name")
+            add = gr.Button("Add", variant="primary", scale=1, elem_id="models-add")
+        with gr.Row():
+            refresh = gr.Button("Rescan folders", elem_id="models-refresh")
+            unload = gr.Button("Unload all models from memory", elem_id="models-unload")
+        status = gr.Markdown(elem_id="models-status")
+
+    def on_add(location, chosen_name):
+        try:
+            entry = models.add(location or "", chosen_name or None)
+        except StudioError as error:
+            return {status: f"**Not added.** {error}"}
+        return {status: f"Added **{entry.name}** ({entry.source}).", table: model_rows(services),
+                ctx.model: gr.update(choices=model_choices(services), value=entry.name)}
+
+    add.click(on_add, inputs=[path, name], outputs=[status, table, ctx.model], api_name=False)
+
+    def on_refresh():
+        return {table: model_rows(services), ctx.model: gr.update(choices=model_choices(services)),
+                ctx.vae: gr.update(choices=vae_choices(services))}
+
+    refresh.click(on_refresh, outputs=[table, ctx.model, ctx.vae], api_name=False)
+
+    def on_unload():
+        gone = models.unload()
+        return {status: f"Unloaded: {', '.join(gone) or 'nothing was loaded'}.", table: model_rows(services)}
+
+    unload.click(on_unload, outputs=[status, table], api_name=False)

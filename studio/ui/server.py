@@ -1,0 +1,31 @@
+"""Starts the Gradio server on localhost (or the network with --listen); never a share link."""
+
+from __future__ import annotations
+
+from studio.app import Services, build
+from studio.settings import Settings
+from studio.ui.app import CSS, SHORTCUTS_JS, build_ui
+
+
+def launch(services: Services, *, open_browser: bool = False, block: bool = True):
+    """Launch the UI for these services; returns (demo, local URL)."""
+    settings = services.settings
+    demo = build_ui(services)
+    demo.queue(default_concurrency_limit=1)
+    _app, url, _share = demo.launch(
+        server_name=settings.bind_host, server_port=settings.port, inbrowser=open_browser, share=False,
+        prevent_thread_lock=not block, allowed_paths=[str(settings.blobs_dir)], css=CSS, js=SHORTCUTS_JS,
+        quiet=True, footer_links=["api", "settings"],
+    )
+    return demo, url
+
+
+def serve(settings: Settings, open_browser: bool = True) -> None:
+    services = build(settings)
+    where = services.placement
+    print(f"studio: models run on {where.description} ({where.dtype_name}); history in {settings.database_path}")
+    print(f"studio: open http://{settings.host if not settings.listen else '0.0.0.0'}:{settings.port}", flush=True)
+    try:
+        launch(services, open_browser=open_browser, block=True)
+    finally:
+        services.close()

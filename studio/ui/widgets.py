@@ -1,0 +1,166 @@
+"""Shared widgets: the generation settings panel built from the request spec, progress, errors.
+
+Handlers receive widget values as a dict keyed by component (never by position), so adding a
+widget never shifts the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from studio.engine.schedulers import SAMPLER_NAMES
+from studio.errors import StudioError
+from studio.requests import Txt2ImgRequest, field_spec
+
+RANDOM_SEED = -1
+
+
+def slider(cls: type, name: str, value=None, **kwargs) -> gr.Slider:
+    """A slider whose label, range and step come from the request field's spec."""
+    meta = field_spec(cls, name)
+    default = value if value is not None else next(f.default for f in dataclasses.fields(cls) if f.name == name)
+    return gr.Slider(minimum=meta["min"], maximum=meta["max"], step=meta["step"], value=default,
+                     label=meta["label"], info=meta.get("help") or None, **kwargs)
+
+
+@dataclass
+class GenerationPanel:
+    """The txt2img settings every generating tab shares, keyed by request field name."""
+
+    fields: dict[str, gr.components.Component]
+    generate: gr.Button
+    interrupt: gr.Button
+    reuse_seed: gr.Button
+    random_seed: gr.Button
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def inputs(self) -> set:
+        return set(self.fields.values())
+
+    def values(self, data: dict) -> dict[str, Any]:
+        """Request field values from a handler's {component: value} dict."""
+        out = {name: data[component] for name, component in self.fields.items() if component in data}
+        for name in ("steps", "width", "height", "seed", "batch_size", "batch_count"):
+            if out.get(name) is not None:
+                out[name] = int(out[name])
+        for name in ("model", "vae"):
+            if name in out and out[name] in ("", "Automatic", None):
+                out[name] = None
+        return out
+
+    def updates(self, request) -> dict:
+        """Widget values that show a request (Restore)."""
+        result = {}
+        for name, component in self.fields.items():
+            if hasattr(request, name):
+                value = getattr(request, name)
+                if name == "vae" and value is None:
+                    value = "Automatic"
+                if name == "model" and value is None:
+                    continue
+                result[component] = value
+        return result
+
+
+def prompt_boxes(prefix: str) -> tuple[gr.Textbox, gr.Textbox]:
+    prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Prompt (Ctrl+Enter to generate)",
+                        elem_id=f"{prefix}-prompt", elem_classes=["studio-prompt"])
+    negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}-negative")
+    return prompt, negative
+
+
+def generation_panel(prefix: str, model: gr.Dropdown, vae: gr.Dropdown, native_size: int,
+                     prompt: gr.Textbox, negative: gr.Textbox) -> GenerationPanel:
+    """Sampler, steps, size, CFG, seed and batch widgets (the A1111 txt2img set)."""
+    cls = Txt2ImgRequest
+    with gr.Row():
+        sampler = gr.Dropdown(list(SAMPLER_NAMES), value=cls.sampler, label="Sampling method",
+                              elem_id=f"{prefix}-sampler")
+        karras = gr.Checkbox(value=cls.karras, label="Karras schedule", elem_id=f"{prefix}-karras")
+        steps = slider(cls, "steps", elem_id=f"{prefix}-steps")
+    with gr.Row():
+        width = slider(cls, "width", value=native_size, elem_id=f"{prefix}-width")
+        height = slider(cls, "height", value=native_size, elem_id=f"{prefix}-height")
+    for size in (width, height):
+        size.maximum = 2048
+    with gr.Row():
+        batch_count = slider(cls, "batch_count", elem_id=f"{prefix}-batch-count")
+        batch_size = slider(cls, "batch_size", elem_id=f"{prefix}-batch-size")
+    cfg = slider(cls, "cfg_scale", elem_id=f"{prefix}-cfg")
+    with gr.Row(equal_height=True):
+        seed = gr.Number(value=RANDOM_SEED, label="Seed", precision=0, elem_id=f"{prefix}-seed", scale=4,
+                         info="-1 draws a random seed")
+        random_seed = gr.Button("🎲 Random", size="sm", scale=1, elem_id=f"{prefix}-random-seed")
+        reuse_seed = gr.Button("♻ Reuse last seed", size="sm", scale=1, elem_id=f"{prefix}-reuse-seed")
+    fields = dict(prompt=prompt, negative_prompt=negative, model=model, vae=vae, sampler=sampler, karras=karras,
+                  steps=steps, width=width, height=height, batch_count=batch_count, batch_size=batch_size,
+                  cfg_scale=cfg, seed=seed)
+    return GenerationPanel(fields, generate=None, interrupt=None, reuse_seed=reuse_seed, random_seed=random_seed)
+
+
+def action_buttons(prefix: str) -> tuple[gr.Button, gr.Button]:
+    generate = gr.Button("Generate", variant="primary", elem_id=f"{prefix}-generate",
+                         elem_classes=["studio-generate"])
+    interrupt = gr.Button("Interrupt", variant="stop", elem_id=f"{prefix}-interrupt")
+    return generate, interrupt
+
+
+def progress_html(fraction: float, message: str) -> str:
+    percent = max(0.0, min(1.0, fraction)) * 100
+    return (f'<div class="studio-progress"><div class="studio-progress-bar" style="width:{percent:.0f}%"></div>'
+            f'<span>{html.escape(message)}</span></div>')
+
+
+def user_error(error: Exception) -> gr.Error:
+    """What the artist sees: our own messages as they are, anything else with its type."""
+    if isinstance(error, StudioError):
+        return gr.Error(str(error))
+    return gr.Error(f"{type(error).__name__}: {error}")
+
+
+def stream_run(start: Callable[[Callable], Any], progress: gr.components.Component,
+               preview: gr.components.Component) -> Iterator[tuple[str, dict | Any]]:
+    """Run `start(on_progress)` in a worker thread, yielding UI updates until it finishes.
+
+    Yields ("progress", {component: value}) while running and ("result", result) at the end;
+    errors from the run are raised here as gr.Error.
+    """
+    updates: queue.Queue = queue.Queue()
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["result"] = start(updates.put)
+        except BaseException as error:  # handed to the UI thread below, not swallowed
+            outcome["error"] = error
+        finally:
+            updates.put(None)
+
+    threading.Thread(target=work, daemon=True, name="studio-run").start()
+    finished = False
+    while not finished:
+        items = [updates.get()]
+        # Coalesce what piled up while the browser was busy: show only the newest state.
+        while not updates.empty():
+            items.append(updates.get_nowait())
+        finished = items[-1] is None
+        items = [item for item in items if item is not None]
+        if not items:
+            continue
+        update = {progress: progress_html(items[-1].fraction, items[-1].message)}
+        previews = [item.preview for item in items if item.preview is not None]
+        if previews:
+            update[preview] = previews[-1]
+        yield "progress", update
+    if "error" in outcome:
+        raise user_error(outcome["error"])
+    yield "result", outcome["result"]
