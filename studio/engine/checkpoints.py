@@ -35,17 +35,17 @@ class CheckpointInfo:
         return f"{self.family}-inpaint" if self.inpaint else self.family
 
 
-def refuse_pickle(path: Path) -> None:
+def refuse_pickle(path: Path, field: str = "model") -> None:
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ModelError(
             f"{path.name} is a pickle checkpoint ({path.suffix}); loading one can run arbitrary code, so the "
             "studio refuses it. Convert it to .safetensors (for example with A1111's checkpoint merger or "
             "diffusers' conversion scripts) and add that file instead.",
-            field="model",
+            field=field,
         )
 
 
-def read_header(path: Path) -> dict:
+def read_header(path: Path, field: str = "model") -> dict:
     """The safetensors JSON header: {tensor name: {dtype, shape, data_offsets}}; raises ModelError if corrupt."""
     try:
         with open(path, "rb") as handle:
@@ -66,13 +66,13 @@ def read_header(path: Path) -> dict:
         return header
     except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as error:
         raise ModelError(f"{path.name} is not a valid .safetensors file ({error}); re-download or "
-                         "re-export it", field="model") from error
+                         "re-export it", field=field) from error
 
 
-def inspect_checkpoint(path: Path) -> CheckpointInfo:
+def inspect_checkpoint(path: Path, field: str = "model") -> CheckpointInfo:
     """Family (SD1.x / SD2.x / SDXL), inpaint variant and kind of a single-file checkpoint."""
-    refuse_pickle(path)
-    header = read_header(path)
+    refuse_pickle(path, field)
+    header = read_header(path, field)
     keys = header.keys()
 
     def has(prefix: str) -> bool:
@@ -87,7 +87,7 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
         return CheckpointInfo("sd1", False, "vae", len(header))
     if not has(UNET_PREFIX):
         raise ModelError(f"{path.name} holds no Stable Diffusion UNet (no '{UNET_PREFIX}*' tensors); is it a "
-                         "LoRA, an embedding or a diffusers-format file?", field="model")
+                         "LoRA, an embedding or a diffusers-format file?", field=field)
     if has("conditioner.embedders."):
         family = "sdxl"
     elif has("cond_stage_model.model."):
@@ -194,16 +194,19 @@ def vae_to_ldm(state: dict, config) -> dict:
     return out
 
 
-def export_single_file(pipe, path: Path) -> Path:
-    """Write an SD1-family diffusers pipeline as one A1111-style fp16 .safetensors file."""
+def export_single_file(pipe, path: Path, dtype=None) -> Path:
+    """Write an SD1-family diffusers pipeline as one A1111-style .safetensors file (fp16 unless dtype)."""
     import torch
     from safetensors.torch import save_file
 
     state = {}
     state.update(unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config))
     state.update(vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config))
-    state.update({CLIP_PREFIX + k: v for k, v in pipe.text_encoder.state_dict().items()})
-    tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in state.items()}
+    # A1111 files name the CLIP weights "...transformer.text_model.*"; recent transformers
+    # versions drop the "text_model." level from the state dict, so put it back.
+    state.update({CLIP_PREFIX + (k if k.startswith("text_model.") else f"text_model.{k}"): v
+                  for k, v in pipe.text_encoder.state_dict().items()})
+    tensors = {k: v.detach().to("cpu", dtype or torch.float16).contiguous() for k, v in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata={"format": "pt", "exported_by": "studio"})
     return path

@@ -98,6 +98,9 @@ def run(pipe, request, mode: Mode, *, on_step: Callable[[StepInfo], None] | None
     cancelled = False
     for batch in range(request.batch_count):
         batch_seeds = seeds[batch * request.batch_size:(batch + 1) * request.batch_size]
+        if hasattr(pipe.scheduler, "noise_sampler_seed"):
+            # DPM++ SDE draws Brownian noise from its own seed, random unless set: tie it to ours
+            pipe.scheduler.noise_sampler_seed = batch_seeds[0]
 
         def step_end(pipeline, step, _timestep, tensors, batch=batch):
             nonlocal cancelled

@@ -208,10 +208,10 @@ class ModelManager:
         path = Path(location).expanduser()
         if path.exists():
             if path.is_file():
-                refuse_pickle(path)
+                refuse_pickle(path, "path")
                 if path.suffix != ".safetensors":
                     raise ModelError(f"{path.name} is not a .safetensors file", field="path")
-                info = inspect_checkpoint(path)
+                info = inspect_checkpoint(path, "path")
                 if info.kind != "model":
                     raise ModelError(f"{path.name} is a {info.kind}, not a checkpoint; put it in "
                                      f"{self.controlnet_dir if info.kind == 'controlnet' else self.vae_dir}",
@@ -340,6 +340,11 @@ class ModelManager:
         import diffusers
         import torch
 
+        import transformers
+
+        # Loading bars would interleave with the studio's own progress on the console.
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
         dtype = self.placement.dtype
         common = dict(dtype=dtype)
         try:

@@ -98,7 +98,7 @@ class BlobStore:
             return False
 
     def all_hashes(self) -> set[str]:
-        return {p.stem for p in self.root.glob("??/*.png")}
+        return {p.stem for p in self.root.glob("??/*.png") if not p.name.startswith(".")}
 
     def stray_temp_files(self) -> list[Path]:
         """Temp files a crash left half-written; never referenced by any row."""

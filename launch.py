@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Bootstrap the studio on a fresh machine, then run it (or its tests).
+
+    python launch.py [serve options]   create .venv, install the pinned dependencies once, start the UI
+    python launch.py test [pytest args] same set-up (plus test tools and Debian's chromium), run the tests
+
+Re-running skips what is already installed: a stamp in .venv records the hash of
+pyproject.toml the environment was installed from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+               "DO_NOT_TRACK": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+CHROMIUM = "/usr/bin/chromium"
+
+
+def venv_python() -> Path:
+    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def say(message: str) -> None:
+    print(f"[launch] {message}", flush=True)
+
+
+def run(command: list, **kwargs) -> None:
+    say(" ".join(str(c) for c in command))
+    subprocess.run(command, check=True, cwd=ROOT, **kwargs)
+
+
+def pinned(package: str) -> str:
+    """The exact pin of a package in pyproject.toml (one source of truth for versions)."""
+    match = re.search(rf'"({re.escape(package)}==[^"]+)"', (ROOT / "pyproject.toml").read_text())
+    if not match:
+        raise SystemExit(f"pyproject.toml has no exact pin for {package}")
+    return match.group(1)
+
+
+def ensure_environment(extras: str | None) -> Path:
+    """Create .venv and install the project (with extras) unless the stamp says it is current."""
+    python = venv_python()
+    if not python.exists():
+        if sys.version_info < (3, 10) or sys.version_info >= (3, 13):
+            raise SystemExit(f"studio needs Python 3.10 to 3.12; this is {sys.version.split()[0]}")
+        run([sys.executable, "-m", "venv", str(VENV)])
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + (extras or "").encode()).hexdigest()
+    stamp = VENV / f".studio-installed-{extras or 'base'}"
+    if stamp.exists() and stamp.read_text() == digest:
+        return python
+    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"]
+    run(pip + ["--upgrade", "pip"])
+    # torch and torchvision go in together first: a torchvision built for another torch breaks
+    # even `import diffusers`.
+    run(pip + [pinned("torch"), pinned("torchvision")])
+    run(pip + ["-e", f".[{extras}]" if extras else "."])
+    stamp.write_text(digest)
+    return python
+
+
+def ensure_chromium() -> None:
+    """The browser tests drive Debian's chromium; install it when we may (root with apt-get)."""
+    if Path(CHROMIUM).exists():
+        return
+    can_install = shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0
+    if not can_install:
+        say(f"{CHROMIUM} is missing and cannot be installed here (needs root and apt-get); "
+            "browser tests will fail in CI and skip elsewhere")
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    run(["apt-get", "update", "-q"], env=env)
+    run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"], env=env)
+
+
+def main(argv: list[str]) -> int:
+    env = dict(os.environ, **OFFLINE_ENV)
+    if argv[:1] == ["test"]:
+        python = ensure_environment("test")
+        ensure_chromium()
+        result = subprocess.run([str(python), "-m", "pytest", *argv[1:]], cwd=ROOT, env=env)
+        if result.returncode == 5:
+            say("pytest collected no tests: that is a failure, not a pass")
+            return 1
+        return result.returncode
+    python = ensure_environment(None)
+    args = argv[1:] if argv[:1] == ["serve"] else argv
+    return subprocess.run([str(python), "-m", "studio", "serve", *args], cwd=ROOT, env=env).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

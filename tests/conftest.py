@@ -1,0 +1,48 @@
+"""Shared fixtures: real SQLite files in tmp dirs, tiny diffusers models built in code."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+for key, value in {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+                   "GRADIO_ANALYTICS_ENABLED": "False", "DO_NOT_TRACK": "1"}.items():
+    os.environ.setdefault(key, value)
+
+TINY = "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random SD-format model saved as a diffusers folder, once per session."""
+    from studio.micro.tiny import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_inpaint_dir(tmp_path_factory) -> Path:
+    from studio.micro.tiny import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd-inpaint", seed=1, inpaint=True)
+
+
+@pytest.fixture
+def settings(tmp_path):
+    from studio.settings import Settings
+
+    return Settings(data_dir=tmp_path / "data", models_dir=tmp_path / "models", default_model=TINY,
+                    device="cpu", preview_every=1)
+
+
+@pytest.fixture
+def services(settings, tiny_model_dir):
+    """The real composition root on a temp data dir, with the tiny model registered as the default."""
+    from studio.app import build
+
+    built = build(settings)
+    built.models.add(str(tiny_model_dir), name=TINY)
+    yield built
+    built.close()
