@@ -185,7 +185,7 @@ def build(ctx: UIContext) -> None:
         if run_id is None:
             raise gr.Error("select a run first")
         for kind, payload in stream_run(lambda report: runner.rerun(int(run_id), on_progress=report),
-                                        progress, outputs):
+                                        progress, None):
             if kind == "progress":
                 yield payload
             else:

@@ -128,7 +128,7 @@ def user_error(error: Exception) -> gr.Error:
 
 
 def stream_run(start: Callable[[Callable], Any], progress: gr.components.Component,
-               preview: gr.components.Component) -> Iterator[tuple[str, dict | Any]]:
+               preview: gr.components.Component | None) -> Iterator[tuple[str, dict | Any]]:
     """Run `start(on_progress)` in a worker thread, yielding UI updates until it finishes.
 
     Yields ("progress", {component: value}) while running and ("result", result) at the end;
@@ -158,7 +158,7 @@ def stream_run(start: Callable[[Callable], Any], progress: gr.components.Compone
             continue
         update = {progress: progress_html(items[-1].fraction, items[-1].message)}
         previews = [item.preview for item in items if item.preview is not None]
-        if previews:
+        if previews and preview is not None:
             update[preview] = previews[-1]
         yield "progress", update
     if "error" in outcome:
