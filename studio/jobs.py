@@ -17,15 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from PIL import Image
 
 from studio import __version__
-from studio.engine import generate
+from studio.engine import generate, inpainting  # noqa: F401  (inpainting registers its modes)
 from studio.engine.generate import CancelToken, StepInfo
 from studio.engine.models import ModelManager
 from studio.engine.previews import Previewer
 from studio.engine.schedulers import SAMPLER_NAMES, describe_scheduler, make_scheduler, supports_karras
-from studio.errors import InputError, StudioError
+from studio.errors import InputError, ModelError, StudioError
 from studio.history.infotext import format_infotext, parse_infotext, read_parameters
 from studio.history.store import HistoryStore, ImageRef
 from studio.requests import (REQUEST_TYPES, Txt2ImgRequest, from_record, resolve_seed, to_record,
@@ -52,6 +53,7 @@ class RunResult:
     outputs: list[ImageRef]
     infotexts: list[str]
     duration_s: float
+    notices: tuple[str, ...] = ()
 
 
 def library_versions() -> dict:
@@ -75,16 +77,18 @@ class JobRunner:
 
     # -- the path of a run -----------------------------------------------------------------
 
-    def prepare(self, request):
-        """Validate and make concrete (model, size, seed): what will run and be recorded."""
+    def prepare(self, request, notices: list[str] | None = None):
+        """Validate and make concrete (model, size, seed, mask): what will run and be recorded."""
         validate(request)
         entry = self.models.resolve(request.model)
-        changes: dict[str, Any] = {"model": entry.name}
+        request = dataclasses.replace(request, model=entry.name)
+        native = self.models.native_size(entry)
+        mode = generate.MODES[request.mode]
+        if hasattr(mode, "resolve"):
+            request = mode.resolve(request, native, notices if notices is not None else [])
         if request.width is None or request.height is None:
-            native = self.models.native_size(entry)
-            changes["width"] = request.width or native
-            changes["height"] = request.height or native
-        request = resolve_seed(dataclasses.replace(request, **changes))
+            request = dataclasses.replace(request, width=request.width or native, height=request.height or native)
+        request = resolve_seed(request)
         pixels = request.width * request.height
         if pixels > self.settings.max_pixels:
             raise InputError(f"{request.width}x{request.height} is {pixels:,} pixels, over the limit of "
@@ -102,7 +106,8 @@ class JobRunner:
 
     def run(self, request, on_progress: Callable[[Progress], None] | None = None,
             cancel: CancelToken | None = None, rerun_of: int | None = None) -> RunResult:
-        request = self.prepare(request)
+        notices: list[str] = []
+        request = self.prepare(request, notices)
         mode = generate.MODES[request.mode]
         params, inputs = to_record(request)
         if request.parent_run_id is None and inputs:
@@ -114,7 +119,8 @@ class JobRunner:
         with self._device_lock:
             self._current = cancel
             try:
-                return self._run_locked(request, mode, params, inputs, on_progress, cancel, rerun_of)
+                result = self._run_locked(request, mode, params, inputs, on_progress, cancel, rerun_of)
+                return dataclasses.replace(result, notices=tuple(notices))
             finally:
                 self._current = None
 
@@ -140,8 +146,14 @@ class JobRunner:
                                                     f"step {info.step}/{info.total_steps}", preview))
 
             sample_started = time.perf_counter()
-            outcome = generate.run(pipe, request, mode, on_step=on_step, cancel=cancel,
-                                   context={"model": model, "settings": self.settings})
+            try:
+                outcome = generate.run(pipe, request, mode, on_step=on_step, cancel=cancel,
+                                       context={"model": model, "settings": self.settings, "pipe": pipe})
+            except torch.OutOfMemoryError as error:
+                self.models.release_memory()
+                raise ModelError(f"the device ran out of memory at {request.width}x{request.height} with batch "
+                                 f"size {request.batch_size}; use a smaller size or batch, or lower "
+                                 "STUDIO_MAX_PIXELS", field="width") from error
             sample_s = time.perf_counter() - sample_started
             infotexts = [self.infotext(request, model, seed) for seed in outcome.seeds]
             outputs = [(image, seed, text, self._image_request_json(request, seed, inputs))

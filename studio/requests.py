@@ -162,3 +162,79 @@ def from_record(params: dict, images: dict[str, Image.Image]) -> Any:
         if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             values[key] = tuple(value)
     return cls(**values)
+
+
+MASKED_CONTENT = ("original", "fill", "latent noise", "latent nothing")
+INPAINT_AREAS = ("whole", "masked")
+OUTPAINT_INFILLS = ("edge", "blur", "noise", "telea")
+
+
+def _check_choice(request: Any, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(request, name)
+    if value not in choices:
+        raise InputError(f"{value!r} is not one of {', '.join(choices)}", field=name)
+
+
+def _check_image(request: Any, name: str) -> None:
+    value = getattr(request, name)
+    if value is None:
+        raise InputError("is missing; upload an image", field=name)
+    if not isinstance(value, Image.Image):
+        raise InputError(f"is a {type(value).__name__}, not an image; upload a PNG or JPEG", field=name)
+
+
+@register_request_type
+@dataclass(frozen=True, kw_only=True)
+class InpaintRequest(Txt2ImgRequest):
+    """Repaint the masked part of an image (A1111 meanings for every option).
+
+    width/height are the processing size: the image's own size (snapped to 8) for the whole
+    picture, the model's native size for "only masked". The output always has the input's size.
+    """
+
+    mode: ClassVar[str] = "inpaint"
+
+    image: Image.Image | None = spec(None, "Image")
+    mask: Image.Image | None = spec(None, "Mask", help="white = repaint; painted on the image or uploaded")
+    mask_blur: int = spec(4, "Mask blur", min=0, max=64, step=1, help="pixels of Gaussian blur on the mask edge")
+    invert_mask: bool = spec(False, "Inpaint not masked", help="repaint everything except the mask")
+    masked_content: str = spec("original", "Masked content", help="what the masked area starts from")
+    inpaint_area: str = spec("whole", "Inpaint area", help="whole picture, or only the masked region at full resolution")
+    padding: int = spec(32, "Only masked padding, pixels", min=0, max=256, step=4)
+    denoise_strength: float = spec(0.75, "Denoising strength", min=0.0, max=1.0, step=0.01)
+
+    def validate_mode(self) -> None:
+        _check_image(self, "image")
+        _check_image(self, "mask")
+        _check_choice(self, "masked_content", MASKED_CONTENT)
+        _check_choice(self, "inpaint_area", INPAINT_AREAS)
+
+
+@register_request_type
+@dataclass(frozen=True, kw_only=True)
+class OutpaintRequest(Txt2ImgRequest):
+    """Extend the canvas on any side and paint the new area to continue the image."""
+
+    mode: ClassVar[str] = "outpaint"
+
+    image: Image.Image | None = spec(None, "Image")
+    left: int = spec(0, "Extend left", min=0, max=2048, step=8)
+    right: int = spec(0, "Extend right", min=0, max=2048, step=8)
+    top: int = spec(0, "Extend top", min=0, max=2048, step=8)
+    bottom: int = spec(0, "Extend bottom", min=0, max=2048, step=8)
+    infill: str = spec("telea", "Infill", help="how the new area is pre-filled before diffusion")
+    overlap: int = spec(16, "Overlap, pixels", min=0, max=256, step=8, help="band of the original repainted for a seamless join")
+    feather: int = spec(16, "Feather, pixels", min=0, max=256, step=8, help="soft ramp of the mask inside the overlap band")
+    denoise_strength: float = spec(0.85, "Denoising strength", min=0.0, max=1.0, step=0.01)
+
+    def validate_mode(self) -> None:
+        _check_image(self, "image")
+        _check_choice(self, "infill", OUTPAINT_INFILLS)
+        for side in ("left", "right", "top", "bottom"):
+            if getattr(self, side) % 8:
+                value = getattr(self, side)
+                raise InputError(f"{value} is not a multiple of 8; use {value - value % 8} or "
+                                 f"{value - value % 8 + 8}", field=side)
+        if not (self.left or self.right or self.top or self.bottom):
+            raise InputError("all four sides are 0; set at least one side (left, right, top, bottom) to extend",
+                             field="extend")

@@ -314,6 +314,10 @@ class ModelManager:
             self._release()
             budget = free_memory_bytes(self.placement.device) * self.settings.model_cache_memory_fraction
 
+    def release_memory(self) -> None:
+        """Give cached allocator memory back after a failure (out of memory) without unloading."""
+        self._release()
+
     def _release(self) -> None:
         import gc
 
@@ -342,8 +346,10 @@ class ModelManager:
 
         import transformers
 
-        # Loading bars would interleave with the studio's own progress on the console.
+        # Loading bars would interleave with the studio's own progress on the console, and
+        # diffusers' cast warnings concern its own loading, not anything an artist can act on.
         diffusers.utils.logging.disable_progress_bar()
+        diffusers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
         dtype = self.placement.dtype
         common = dict(dtype=dtype)
