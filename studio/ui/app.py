@@ -7,7 +7,7 @@ import html
 import gradio as gr
 
 from studio.app import Services
-from studio.ui import history, models, txt2img
+from studio.ui import history, inpaint, models, outpaint, txt2img
 from studio.ui.context import UIContext
 from studio.ui.models import model_choices, vae_choices
 
@@ -41,6 +41,20 @@ def model_note(services: Services, name: str | None) -> str:
     return text
 
 
+def wire_senders(ctx: UIContext) -> None:
+    """Connect every "Send to ..." button to the tab that receives the image."""
+    for sender in ctx.senders:
+        receiver = ctx.receivers[sender.target]
+
+        def send(*values, sender=sender, receiver=receiver):
+            image = sender.pick(*values)
+            if image is None:
+                raise gr.Error("there is no image to send yet: generate or select one first")
+            return {ctx.tabs: gr.Tabs(selected=receiver.tab_id), **receiver.receive(image)}
+
+        sender.button.click(send, inputs=sender.inputs, outputs=[ctx.tabs, *receiver.outputs], api_name=False)
+
+
 def build_ui(services: Services) -> gr.Blocks:
     default = services.models.default_name()
     native = services.models.native_size(services.models.resolve(default))
@@ -53,8 +67,11 @@ def build_ui(services: Services) -> gr.Blocks:
         with gr.Tabs(selected="txt2img") as tabs:
             ctx = UIContext(services, model, vae, tabs)
             txt2img.build(ctx, native)
+            inpaint.build(ctx, native)
+            outpaint.build(ctx, native)
             history.build(ctx)
             models.build(ctx)
+        wire_senders(ctx)
 
         def on_model_change(name):
             size = services.models.native_size(services.models.resolve(name)) if name else native

@@ -23,6 +23,25 @@ class TabRestore:
 
 
 @dataclass
+class ImageReceiver:
+    """A tab that can take an image from elsewhere ("Send to inpaint"): its widgets and how to fill them."""
+
+    tab_id: str
+    outputs: list
+    receive: Callable  # PIL image -> {component: value}
+
+
+@dataclass
+class ImageSender:
+    """A "Send to ..." button: which receiver, and how to pick the image from its inputs."""
+
+    button: object
+    target: str
+    inputs: list
+    pick: Callable  # input values -> PIL image or None
+
+
+@dataclass
 class UIContext:
     services: Services
     model: gr.Dropdown
@@ -30,3 +49,5 @@ class UIContext:
     tabs: gr.Tabs
     restorers: dict[str, TabRestore] = field(default_factory=dict)
     size_sliders: list = field(default_factory=list)  # (width, height) pairs that follow the model
+    receivers: dict[str, ImageReceiver] = field(default_factory=dict)
+    senders: list[ImageSender] = field(default_factory=list)

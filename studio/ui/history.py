@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from studio.errors import StudioError
 from studio.requests import REQUEST_TYPES
-from studio.ui.context import DEVICE_QUEUE, UIContext
+from studio.ui.context import DEVICE_QUEUE, ImageSender, UIContext
 from studio.ui.widgets import progress_html, stream_run, user_error
 
 ALL = "all"
@@ -103,6 +103,8 @@ def build(ctx: UIContext) -> None:
                 lineage = gr.Markdown(elem_id="history-lineage")
                 with gr.Row():
                     parent_button = gr.Button("Go to parent", size="sm", elem_id="history-parent")
+                    to_inpaint = gr.Button("Send to inpaint", size="sm", elem_id="history-send-inpaint")
+                    to_outpaint = gr.Button("Send to outpaint", size="sm", elem_id="history-send-outpaint")
         with gr.Accordion("Import parameters from a PNG (this studio or A1111)", open=False):
             png = gr.Image(type="pil", label="PNG", format="png", sources=["upload"], elem_id="history-png")
             import_button = gr.Button("Restore parameters from PNG", elem_id="history-import")
@@ -217,4 +219,13 @@ def build(ctx: UIContext) -> None:
 
     delete.click(on_delete, inputs=[selected, *filters], outputs=[*detail_outputs, runs, shown, model],
                  api_name=False)
-    return load_runs, filters, [runs, shown, model]
+
+    def first_output(run_id):
+        """The selected run's first output: "go back to this version and branch from it"."""
+        if run_id is None:
+            return None
+        record = history.get(int(run_id))
+        return history.load_image(record.outputs[0]) if record.outputs else None
+
+    ctx.senders.append(ImageSender(to_inpaint, "inpaint", [selected], first_output))
+    ctx.senders.append(ImageSender(to_outpaint, "outpaint", [selected], first_output))

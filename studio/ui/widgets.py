@@ -79,7 +79,7 @@ def prompt_boxes(prefix: str) -> tuple[gr.Textbox, gr.Textbox]:
 
 
 def generation_panel(prefix: str, model: gr.Dropdown, vae: gr.Dropdown, native_size: int,
-                     prompt: gr.Textbox, negative: gr.Textbox) -> GenerationPanel:
+                     prompt: gr.Textbox, negative: gr.Textbox, show_size: bool = True) -> GenerationPanel:
     """Sampler, steps, size, CFG, seed and batch widgets (the A1111 txt2img set)."""
     cls = Txt2ImgRequest
     with gr.Row():
@@ -87,7 +87,7 @@ def generation_panel(prefix: str, model: gr.Dropdown, vae: gr.Dropdown, native_s
                               elem_id=f"{prefix}-sampler")
         karras = gr.Checkbox(value=cls.karras, label="Karras schedule", elem_id=f"{prefix}-karras")
         steps = slider(cls, "steps", elem_id=f"{prefix}-steps")
-    with gr.Row():
+    with gr.Row(visible=show_size):
         width = slider(cls, "width", value=native_size, elem_id=f"{prefix}-width")
         height = slider(cls, "height", value=native_size, elem_id=f"{prefix}-height")
     for size in (width, height):
@@ -102,9 +102,90 @@ def generation_panel(prefix: str, model: gr.Dropdown, vae: gr.Dropdown, native_s
         random_seed = gr.Button("🎲 Random", size="sm", scale=1, elem_id=f"{prefix}-random-seed")
         reuse_seed = gr.Button("♻ Reuse last seed", size="sm", scale=1, elem_id=f"{prefix}-reuse-seed")
     fields = dict(prompt=prompt, negative_prompt=negative, model=model, vae=vae, sampler=sampler, karras=karras,
-                  steps=steps, width=width, height=height, batch_count=batch_count, batch_size=batch_size,
-                  cfg_scale=cfg, seed=seed)
+                  steps=steps, batch_count=batch_count, batch_size=batch_size, cfg_scale=cfg, seed=seed)
+    if show_size:
+        fields.update(width=width, height=height)
     return GenerationPanel(fields, generate=None, interrupt=None, reuse_seed=reuse_seed, random_seed=random_seed)
+
+
+def result_widgets(prefix: str):
+    """Progress bar, live preview, results gallery and the parameters of the selected image."""
+    progress = gr.HTML(progress_html(0, "idle"), elem_id=f"{prefix}-progress")
+    preview = gr.Image(label="Live preview", type="pil", format="png", interactive=False, height=192,
+                       elem_id=f"{prefix}-preview")
+    gallery = gr.Gallery(label="Results", format="png", type="filepath", columns=4, elem_id=f"{prefix}-gallery",
+                         object_fit="contain", height="auto")
+    info = gr.Textbox(label="Generation parameters", lines=4, interactive=False, elem_id=f"{prefix}-info",
+                      buttons=["copy"])
+    return progress, preview, gallery, info
+
+
+def gallery_items(result) -> list[tuple[str, str]]:
+    return [(str(ref.path), f"seed {ref.seed}") for ref in result.outputs]
+
+
+def last_run_state(result) -> dict:
+    """What the tab remembers of its last run: seeds, parameters and paths of every image."""
+    return {"run_id": result.run_id, "seeds": result.seeds, "infotexts": result.infotexts,
+            "paths": [str(ref.path) for ref in result.outputs], "selected": 0}
+
+
+def selected_image(state: dict | None):
+    """The result image the artist selected in a tab's gallery (the first one by default)."""
+    from PIL import Image
+
+    if not state or not state.get("paths"):
+        return None
+    with Image.open(state["paths"][state.get("selected", 0)]) as image:
+        image.load()
+        return image
+
+
+def wire_results(runner, start_request, generate, interrupt, panel, outputs: dict, api_name: str):
+    """Connect Generate/Interrupt/gallery selection/seed buttons of a generating tab.
+
+    start_request: {component: value} -> request. outputs: progress, preview, gallery, info, last.
+    """
+    from studio.ui.context import DEVICE_QUEUE
+
+    progress, preview, gallery, info, last = (outputs[k] for k in ("progress", "preview", "gallery", "info", "last"))
+
+    def on_generate(data: dict):
+        try:
+            request = start_request(data)
+        except StudioError as error:
+            raise user_error(error) from error
+        for kind, payload in stream_run(lambda report: runner.run(request, on_progress=report), progress, preview):
+            if kind == "progress":
+                yield payload
+                continue
+            result = payload
+            for notice in result.notices:
+                gr.Info(notice)
+            yield {gallery: gallery_items(result), info: result.infotexts[0] if result.infotexts else "",
+                   last: last_run_state(result),
+                   progress: progress_html(1, f"run #{result.run_id} {result.status} in {result.duration_s:.1f} s")}
+
+    generate.click(on_generate, inputs=panel.inputs | set(panel.extra.values()),
+                   outputs=[gallery, info, last, progress, preview], concurrency_id=DEVICE_QUEUE,
+                   concurrency_limit=1, show_progress="minimal", api_name=api_name)
+    interrupt.click(lambda: runner.cancel() and None, queue=False, api_name=False)
+
+    def on_select(state, event: gr.SelectData):
+        if not state:
+            return gr.update(), state
+        state = dict(state, selected=event.index)
+        return state["infotexts"][event.index], state
+
+    gallery.select(on_select, inputs=last, outputs=[info, last], api_name=False)
+
+    def reuse(state):
+        if not state:
+            return gr.update()
+        return state["seeds"][state.get("selected", 0)]
+
+    panel.reuse_seed.click(reuse, inputs=last, outputs=panel.fields["seed"], api_name=False)
+    panel.random_seed.click(lambda: RANDOM_SEED, outputs=panel.fields["seed"], api_name=False)
 
 
 def action_buttons(prefix: str) -> tuple[gr.Button, gr.Button]:

@@ -1,0 +1,114 @@
+"""In a real browser: paint a mask stroke on the editor canvas, inpaint, and check where pixels changed."""
+
+import io
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.browser
+
+
+def wait_for(condition, timeout=90.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.25)
+    raise AssertionError("condition not met in time")
+
+
+def textured(size=(200, 136), seed=3):
+    rng = np.random.default_rng(seed)
+    w, h = size
+    base = np.full((h, w, 3), (40, 160, 90), dtype=float) + rng.normal(0, 20, (h, w, 3))
+    return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8), "RGB")
+
+
+def displayed_image_box(page, selector: str) -> tuple[float, float, float, float]:
+    """Where the picture sits on screen inside the editor, found in a screenshot.
+
+    The editor's empty surroundings are white or light grey; our test pictures are darker, so
+    the rows and columns mostly made of dark pixels are the picture.
+    """
+    canvas = page.locator(f"{selector} canvas").first
+    box = canvas.bounding_box()
+    shot = np.array(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB")).astype(int)
+    dark = shot.min(axis=-1) < 200
+    rows = np.where(dark.mean(axis=1) > 0.3)[0]
+    cols = np.where(dark.mean(axis=0) > 0.3)[0]
+    scale_x = box["width"] / shot.shape[1]
+    scale_y = box["height"] / shot.shape[0]
+    return (float(box["x"] + cols.min() * scale_x), float(box["y"] + rows.min() * scale_y),
+            float(box["x"] + (cols.max() + 1) * scale_x), float(box["y"] + (rows.max() + 1) * scale_y))
+
+
+def paint_stroke(page, screen_box, image_size, start, end):
+    """Drag the brush from one image-pixel point to another."""
+    left, top, right, bottom = screen_box
+    sx = (right - left) / image_size[0]
+    sy = (bottom - top) / image_size[1]
+    page.mouse.move(left + start[0] * sx, top + start[1] * sy)
+    page.mouse.down()
+    for t in np.linspace(0, 1, 12):
+        x = start[0] + (end[0] - start[0]) * t
+        y = start[1] + (end[1] - start[1]) * t
+        page.mouse.move(left + x * sx, top + y * sy)
+    page.mouse.up()
+
+
+def test_painted_stroke_is_where_the_image_changes(page, services, tmp_path):
+    picture = textured()
+    path = tmp_path / "picture.png"
+    picture.save(path)
+    page.get_by_role("tab", name="Inpaint").click()
+    page.locator("#inpaint-editor input[type=file]").set_input_files(str(path))
+    page.wait_for_timeout(1500)
+    screen_box = displayed_image_box(page, "#inpaint-editor")
+    # a stroke in the upper-left part only: a flip or an offset would move the change elsewhere
+    paint_stroke(page, screen_box, picture.size, (30, 35), (90, 35))
+    page.locator("#inpaint-prompt textarea").fill("a blue square")
+    page.locator("#inpaint-strength input[type=number]").fill("1")
+    page.locator("#inpaint-strength input[type=number]").press("Enter")
+    page.locator("#inpaint-generate").click()
+    wait_for(lambda: services.history.count() == 1 and services.history.search()[0].status == "done")
+    record = services.history.search()[0]
+    assert record.mode == "inpaint"
+    inputs = services.history.load_inputs(record)
+    painted = np.array(inputs["mask"]) > 0
+    rows, cols = np.where(painted)
+    assert 20 <= rows.mean() <= 50 and 40 <= cols.mean() <= 80, "the mask is not where the stroke was drawn"
+    assert np.array_equal(np.array(inputs["image"]), np.array(picture))
+    out = np.array(Image.open(record.outputs[0].path).convert("RGB")).astype(int)
+    changed = np.any(out != np.array(picture).astype(int), axis=-1)
+    assert changed.any()
+    ys, xs = np.where(changed)
+    assert ys.max() < 80 and xs.max() < 130, "pixels changed away from the stroke"
+    grown = np.zeros_like(painted)
+    margin = 4 * 3  # mask blur 4 spreads about 3 sigma
+    for dy in range(-margin, margin + 1, 2):
+        for dx in range(-margin, margin + 1, 2):
+            grown |= np.roll(np.roll(painted, dy, axis=0), dx, axis=1)
+    assert not (changed & ~grown).any(), "a pixel outside the painted stroke (plus blur) changed"
+    assert changed[painted].mean() > 0.9
+
+
+def test_send_a_txt2img_result_to_inpaint_and_keep_the_lineage(page, services):
+    page.locator("#txt2img-prompt textarea").fill("a red circle")
+    page.locator("#txt2img-generate").click()
+    page.wait_for_selector("#txt2img-gallery img")
+    wait_for(lambda: services.history.count() == 1 and services.history.search()[0].status == "done")
+    source = services.history.search()[0]
+    page.locator("#txt2img-send-inpaint").click()
+    wait_for(lambda: page.locator("#inpaint-editor canvas").first.is_visible())
+    page.wait_for_timeout(1500)
+    picture = Image.open(source.outputs[0].path).convert("RGB")
+    screen_box = displayed_image_box(page, "#inpaint-editor")
+    paint_stroke(page, screen_box, picture.size, (10, 32), (50, 32))
+    page.locator("#inpaint-prompt textarea").fill("a blue square")
+    page.locator("#inpaint-generate").click()
+    wait_for(lambda: services.history.count() == 2 and services.history.search()[0].status == "done")
+    edit = services.history.search()[0]
+    assert edit.mode == "inpaint" and edit.parent_id == source.id
+    assert np.array_equal(np.array(services.history.load_inputs(edit)["image"]), np.array(picture))
