@@ -11,8 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from studio.errors import StudioError
-from studio.requests import Txt2ImgRequest, field_spec
+from studio.errors import InputError, StudioError
+from studio.requests import InpaintRequest, OutpaintRequest, Txt2ImgRequest, field_spec
 from studio.settings import Settings
 
 
@@ -68,6 +68,32 @@ def build_parser() -> argparse.ArgumentParser:
     _common(gen)
     add_generation_options(gen)
 
+    inpaint = sub.add_parser("inpaint", help="repaint the masked part of an image")
+    _common(inpaint)
+    add_generation_options(inpaint)
+    inpaint.add_argument("--image", type=Path, required=True, help="the picture to edit")
+    inpaint.add_argument("--mask", type=Path, required=True, help="mask image: white = repaint")
+    inpaint.add_argument("--mask-blur", type=int, default=InpaintRequest.mask_blur, help="mask edge blur, pixels")
+    inpaint.add_argument("--invert-mask", action="store_true", help="repaint everything except the mask")
+    inpaint.add_argument("--masked-content", default="original", choices=("original", "fill", "latent-noise",
+                                                                           "latent-nothing"))
+    inpaint.add_argument("--area", default="whole", choices=("whole", "masked"),
+                         help="whole picture, or only the masked region at full resolution")
+    inpaint.add_argument("--padding", type=int, default=InpaintRequest.padding, help="only-masked padding, pixels")
+    inpaint.add_argument("--strength", type=float, default=InpaintRequest.denoise_strength,
+                         help="denoising strength 0..1")
+
+    outpaint = sub.add_parser("outpaint", help="extend an image's canvas and paint the new area")
+    _common(outpaint)
+    add_generation_options(outpaint)
+    outpaint.add_argument("--image", type=Path, required=True)
+    for side in ("left", "right", "top", "bottom"):
+        outpaint.add_argument(f"--{side}", type=int, default=0, help=f"pixels to add on the {side} (multiple of 8)")
+    outpaint.add_argument("--infill", default=OutpaintRequest.infill, choices=("edge", "blur", "noise", "telea"))
+    outpaint.add_argument("--overlap", type=int, default=OutpaintRequest.overlap, help="band of the original repainted")
+    outpaint.add_argument("--feather", type=int, default=OutpaintRequest.feather, help="soft ramp inside the band")
+    outpaint.add_argument("--strength", type=float, default=OutpaintRequest.denoise_strength)
+
     history = sub.add_parser("history", help="browse, show, re-run, star, delete past runs")
     hsub = history.add_subparsers(dest="action", required=True)
     listing = hsub.add_parser("list", help="newest first")
@@ -104,6 +130,34 @@ def build_parser() -> argparse.ArgumentParser:
     samplers = sub.add_parser("samplers", help="list sampler names")
     samplers.add_argument("--json", action="store_true")
     return parser
+
+
+def read_image(path: Path, field: str):
+    """An image file the user named, or a one-line error naming the option."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except (OSError, UnidentifiedImageError) as error:
+        raise InputError(f"cannot read {path} as an image ({error.__class__.__name__}); give a PNG or JPEG",
+                         field=field) from error
+
+
+def build_request(args):
+    """The request a generating command describes."""
+    fields = generation_fields(args)
+    if args.command == "inpaint":
+        return InpaintRequest(**fields, image=read_image(args.image, "image"), mask=read_image(args.mask, "mask"),
+                              mask_blur=args.mask_blur, invert_mask=args.invert_mask,
+                              masked_content=args.masked_content.replace("-", " "), inpaint_area=args.area,
+                              padding=args.padding, denoise_strength=args.strength)
+    if args.command == "outpaint":
+        return OutpaintRequest(**fields, image=read_image(args.image, "image"), left=args.left, right=args.right,
+                               top=args.top, bottom=args.bottom, infill=args.infill, overlap=args.overlap,
+                               feather=args.feather, denoise_strength=args.strength)
+    return Txt2ImgRequest(**fields)
 
 
 def settings_from(args) -> Settings:
@@ -168,15 +222,9 @@ def _history(args, services) -> None:
         history.star(args.run_id, args.action == "star")
         _emit(args, {"run_id": args.run_id, "starred": args.action == "star"}, f"{args.action}red {args.run_id}")
     elif args.action == "import":
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(args.png) as image:
-                image.load()
-                request = runner.request_from_png(image)
-        except (OSError, UnidentifiedImageError) as error:
-            raise StudioError(f"cannot read {args.png} as an image ({error})", field="png") from error
         from studio.requests import to_record
+
+        request = runner.request_from_png(read_image(args.png, "png"))
 
         params, _ = to_record(request)
         _emit(args, params, json.dumps(params, indent=2))
@@ -220,8 +268,10 @@ def main(argv: list[str] | None = None) -> int:
 
         services = build(settings)
         try:
-            if args.command == "generate":
-                result = services.runner.run(Txt2ImgRequest(**generation_fields(args)))
+            if args.command in ("generate", "inpaint", "outpaint"):
+                result = services.runner.run(build_request(args))
+                for notice in result.notices:
+                    print(f"notice: {notice}", file=sys.stderr)
                 data = run_summary(result)
                 _emit(args, data, "\n".join(data["outputs"]))
             elif args.command == "history":

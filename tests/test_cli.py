@@ -70,7 +70,7 @@ def test_history_import_reads_png_parameters(cli, tmp_path):
     assert code == 0 and json.loads(out)["seed"] == 8 and json.loads(out)["prompt"] == "a figure"
     (tmp_path / "not.png").write_text("hello")
     code, _, err = cli("history", "import", str(tmp_path / "not.png"))
-    assert code == 1 and err.startswith("error: png: cannot read")
+    assert code == 2 and err.startswith("error: png: cannot read")
 
 
 @pytest.mark.parametrize(
@@ -120,3 +120,51 @@ def test_real_process_entry_point(tmp_path, tiny_model_dir):
     assert json.loads(done.stdout.strip().splitlines()[-1])["seed"] == 5
     bad = run("generate", "--prompt", "a dot", "--width", "100")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: width:")
+
+
+def _picture(path, size=(96, 64)):
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_inpaint_and_outpaint_commands(cli, tmp_path):
+    import numpy as np
+
+    image = _picture(tmp_path / "in.png")
+    mask = Image.new("L", (96, 64), 0)
+    mask.paste(255, (10, 10, 40, 40))
+    mask.save(tmp_path / "mask.png")
+    code, out, err = cli("inpaint", "--image", str(image), "--mask", str(tmp_path / "mask.png"), "--prompt", "a dot",
+                         "--steps", "2", "--model", "tiny", "--seed", "4", "--masked-content", "latent-noise",
+                         "--mask-blur", "0", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    result = np.array(Image.open(data["outputs"][0]).convert("RGB"))
+    original = np.array(Image.open(image))
+    assert result.shape == original.shape
+    assert np.array_equal(result[45:], original[45:])  # far below the mask: untouched
+    code, out, err = cli("outpaint", "--image", data["outputs"][0], "--left", "16", "--bottom", "8", "--prompt",
+                         "more", "--steps", "2", "--model", "tiny", "--json")
+    assert code == 0, err
+    extended = json.loads(out)
+    assert Image.open(extended["outputs"][0]).size == (96 + 16, 64 + 8)
+    code, out, _ = cli("history", "show", str(extended["run_id"]), "--json")
+    assert json.loads(out)["parent_id"] == data["run_id"]
+
+
+def test_inpaint_bad_inputs(cli, tmp_path):
+    image = _picture(tmp_path / "in.png")
+    Image.new("L", (96, 64), 0).save(tmp_path / "empty.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    common = ("--prompt", "x", "--steps", "2", "--model", "tiny")
+    code, _, err = cli("inpaint", "--image", str(image), "--mask", str(tmp_path / "empty.png"), *common)
+    assert code == 2 and err.startswith("error: mask: nothing is painted")
+    code, _, err = cli("inpaint", "--image", str(tmp_path / "notes.txt"), "--mask", str(tmp_path / "empty.png"), *common)
+    assert code == 2 and err.startswith("error: image: cannot read")
+    code, _, err = cli("outpaint", "--image", str(image), *common)
+    assert code == 2 and err.startswith("error: extend: all four sides are 0")
+    code, _, err = cli("outpaint", "--image", str(image), "--left", "12", *common)
+    assert code == 2 and err.startswith("error: left: 12 is not a multiple of 8")
