@@ -23,6 +23,9 @@ def offline_environment() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # Pickled weights (OpenPose/MiDaS annotators) load as tensors only, never as arbitrary objects,
+    # even where a library asks torch.load for more.
+    os.environ.setdefault("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "1")
 
 
 @dataclass

@@ -21,7 +21,8 @@ import torch
 from PIL import Image
 
 from studio import __version__
-from studio.engine import generate, inpainting  # noqa: F401  (inpainting registers its modes)
+from studio.engine import control, generate, inpainting  # noqa: F401  (they register their modes)
+from studio.engine.control import Preprocessors, ResolveEnv
 from studio.engine.generate import CancelToken, StepInfo
 from studio.engine.models import ModelManager
 from studio.engine.previews import Previewer
@@ -66,10 +67,13 @@ def library_versions() -> dict:
 
 
 class JobRunner:
-    def __init__(self, models: ModelManager, history: HistoryStore, settings: Settings):
+    def __init__(self, models: ModelManager, history: HistoryStore, settings: Settings,
+                 preprocessors: Preprocessors | None = None):
         self.models = models
         self.history = history
         self.settings = settings
+        self.preprocessors = preprocessors or Preprocessors(settings.annotators_dir, settings.offline,
+                                                            models.placement.device)
         # One device, one job at a time, whether the UI, the API or the CLI asked.
         self._device_lock = threading.Lock()
         self._current: CancelToken | None = None
@@ -85,7 +89,8 @@ class JobRunner:
         native = self.models.native_size(entry)
         mode = generate.MODES[request.mode]
         if hasattr(mode, "resolve"):
-            request = mode.resolve(request, native, notices if notices is not None else [])
+            env = ResolveEnv(native, notices if notices is not None else [], self.preprocessors, self.models)
+            request = mode.resolve(request, env)
         if request.width is None or request.height is None:
             request = dataclasses.replace(request, width=request.width or native, height=request.height or native)
         request = resolve_seed(request)
@@ -128,7 +133,8 @@ class JobRunner:
         started = time.perf_counter()
         model = self.models.load(request.model)
         load_s = time.perf_counter() - started
-        pipe = self.models.pipeline(mode.pipeline_mode(request), request.model, request.vae)
+        components = mode.components(request, self.models) if hasattr(mode, "components") else {}
+        pipe = self.models.pipeline(mode.pipeline_mode(request), request.model, request.vae, **components)
         pipe.scheduler = make_scheduler(request.sampler, request.karras, dict(pipe.scheduler.config))
         self._vae_tiling(pipe, request)
         run_id = self.history.start(self._row(request, model, pipe, params, rerun_of), inputs)

@@ -175,6 +175,13 @@ def _check_choice(request: Any, name: str, choices: tuple[str, ...]) -> None:
         raise InputError(f"{value!r} is not one of {', '.join(choices)}", field=name)
 
 
+def _check_denoising_steps(request: Any) -> None:
+    """img2img-style runs do steps x strength steps (as A1111 and diffusers); at least one is needed."""
+    if int(request.steps * request.denoise_strength) < 1:
+        raise InputError(f"{request.denoise_strength:g} x {request.steps} steps leaves no denoising step; raise "
+                         "the strength or the steps", field="denoise_strength")
+
+
 def _check_image(request: Any, name: str) -> None:
     value = getattr(request, name)
     if value is None:
@@ -208,6 +215,7 @@ class InpaintRequest(Txt2ImgRequest):
         _check_image(self, "mask")
         _check_choice(self, "masked_content", MASKED_CONTENT)
         _check_choice(self, "inpaint_area", INPAINT_AREAS)
+        _check_denoising_steps(self)
 
 
 @register_request_type
@@ -230,6 +238,7 @@ class OutpaintRequest(Txt2ImgRequest):
     def validate_mode(self) -> None:
         _check_image(self, "image")
         _check_choice(self, "infill", OUTPAINT_INFILLS)
+        _check_denoising_steps(self)
         for side in ("left", "right", "top", "bottom"):
             if getattr(self, side) % 8:
                 value = getattr(self, side)
@@ -238,3 +247,61 @@ class OutpaintRequest(Txt2ImgRequest):
         if not (self.left or self.right or self.top or self.bottom):
             raise InputError("all four sides are 0; set at least one side (left, right, top, bottom) to extend",
                              field="extend")
+
+
+CONTROL_TYPES = ("pose", "depth")
+MAX_CONTROL_UNITS = 3
+# One control unit's keys, their defaults and ranges (a unit is a plain dict so it can hold images).
+CONTROL_UNIT_DEFAULTS = {"type": "pose", "image": None, "preprocess": True, "map": None, "weight": 1.0,
+                         "start": 0.0, "end": 1.0, "guess_mode": False, "model": None}
+CONTROL_WEIGHT_RANGE = (0.0, 2.0)
+
+
+def control_unit(**values) -> dict:
+    """A control unit with defaults filled in; unknown keys are refused by validation."""
+    return {**CONTROL_UNIT_DEFAULTS, **values}
+
+
+def _check_unit(index: int, unit: dict) -> None:
+    where = f"units[{index}]"
+    unknown = set(unit) - set(CONTROL_UNIT_DEFAULTS)
+    if unknown:
+        raise InputError(f"unknown setting(s) {', '.join(sorted(unknown))}; use {', '.join(CONTROL_UNIT_DEFAULTS)}",
+                         field=where)
+    if unit.get("type") not in CONTROL_TYPES:
+        raise InputError(f"type {unit.get('type')!r} is not one of {', '.join(CONTROL_TYPES)}", field=f"{where}.type")
+    picture = unit.get("map") if unit.get("map") is not None else unit.get("image")
+    if picture is None:
+        raise InputError("has no image; upload a photo to preprocess or a ready control map", field=f"{where}.image")
+    if not isinstance(picture, Image.Image):
+        raise InputError(f"is a {type(picture).__name__}, not an image", field=f"{where}.image")
+    for key, (low, high) in (("weight", CONTROL_WEIGHT_RANGE), ("start", (0.0, 1.0)), ("end", (0.0, 1.0))):
+        value = unit.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise InputError(f"{value!r} is out of range; use {low:g} to {high:g}", field=f"{where}.{key}")
+    if unit["start"] >= unit["end"]:
+        raise InputError(f"start {unit['start']:g} must be before end {unit['end']:g}", field=f"{where}.start")
+
+
+@register_request_type
+@dataclass(frozen=True, kw_only=True)
+class ControlRequest(Txt2ImgRequest):
+    """txt2img (or img2img with init_image) guided by one or more ControlNet units (pose, depth)."""
+
+    mode: ClassVar[str] = "control"
+
+    units: tuple = spec((), "Control units", help="each: type, image or map, preprocess, weight, start, end, guess mode, model")
+    init_image: Image.Image | None = spec(None, "Init image", help="img2img with controls when given")
+    denoise_strength: float = spec(0.75, "Denoising strength", min=0.0, max=1.0, step=0.01)
+
+    def validate_mode(self) -> None:
+        if not self.units:
+            raise InputError("add at least one control unit (pose or depth)", field="units")
+        if len(self.units) > MAX_CONTROL_UNITS:
+            raise InputError(f"{len(self.units)} units; use at most {MAX_CONTROL_UNITS}", field="units")
+        for index, unit in enumerate(self.units):
+            _check_unit(index, unit)
+        if self.init_image is not None:
+            if not isinstance(self.init_image, Image.Image):
+                raise InputError("is not an image", field="init_image")
+            _check_denoising_steps(self)

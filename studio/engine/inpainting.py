@@ -86,18 +86,18 @@ class Inpaint:
     def pipeline_mode(self, request) -> str:
         return "inpaint"
 
-    def resolve(self, request, native_size: int, notices: list[str]):
+    def resolve(self, request, env):
         """Concrete processing size and the mask that will really be used (binary, image-sized)."""
         image = request.image.convert("RGB")
         mask, notice = _user_errors(imaging.load_mask, request.mask, image.size)
         if notice:
-            notices.append(notice)
+            env.notices.append(notice)
         width, height = request.width, request.height
         if width is None or height is None:
             if request.inpaint_area == "whole":
                 width, height = imaging.snap_size(*image.size)
             else:
-                width = height = native_size
+                width = height = env.native_size
         return dataclasses.replace(request, image=image, mask=mask, width=width, height=height)
 
     def plan(self, request) -> EditPlan:
@@ -144,7 +144,7 @@ class Outpaint:
     def pipeline_mode(self, request) -> str:
         return "inpaint"
 
-    def resolve(self, request, native_size: int, notices: list[str], max_pixels: int | None = None):
+    def resolve(self, request, env):
         image = request.image.convert("RGB")
         canvas = (image.width + request.left + request.right, image.height + request.top + request.bottom)
         width, height = request.width, request.height

@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 
 EMBEDDED_MODELS_DIR = ASSETS_DIR / "models"
 EMBEDDED_MODEL = "micro-sd"
+# The embedded ControlNets, by control type: the defaults for the embedded model.
+EMBEDDED_CONTROLNETS = {"pose": "micro-controlnet-pose", "depth": "micro-controlnet-depth"}
+# Words in a ControlNet's file name that tell its control type (A1111 names: control_v11p_sd15_openpose).
+CONTROL_TYPE_WORDS = {"pose": ("openpose", "pose"), "depth": ("depth",)}
 CONFIGS_DIR = ASSETS_DIR / "configs"
 PLACEHOLDER_MODEL = "placeholder-untrained"
 WEIGHT_SUFFIXES = (".safetensors",)
@@ -149,6 +153,7 @@ class ModelManager:
         self._registry_path = settings.data_dir / "models.json"
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
         self._vaes: dict[tuple[str, str], object] = {}
+        self._controlnets: dict[str, object] = {}
         self._lock = threading.RLock()
         self.load_count = 0  # how many times weights were read from disk (the cache's effect)
 
@@ -287,6 +292,75 @@ class ModelManager:
         if entry.source == "hub":
             return hashlib.sha256(entry.location.encode()).hexdigest()
         return self.hashes.sha256(entry.path)
+
+    # -- ControlNets -------------------------------------------------------------------------
+
+    def controlnet_entries(self) -> dict[str, ModelEntry]:
+        """ControlNets by name: the embedded ones and those in models/ControlNet (file or folder)."""
+        found: dict[str, ModelEntry] = {}
+        for name in EMBEDDED_CONTROLNETS.values():
+            folder = EMBEDDED_MODELS_DIR / name
+            if (folder / "config.json").is_file():
+                description, _ = _model_card(folder)
+                found[name] = ModelEntry(name, "embedded", str(folder), None, description)
+        if self.controlnet_dir.is_dir():
+            for path in sorted(self.controlnet_dir.iterdir()):
+                if path.suffix == ".safetensors":
+                    found.setdefault(path.stem, ModelEntry(path.stem, "single_file", str(path)))
+                elif (path / "config.json").is_file():
+                    found.setdefault(path.name, ModelEntry(path.name, "diffusers", str(path)))
+        return found
+
+    def default_controlnet(self, control_type: str, model_name: str | None) -> str:
+        """The ControlNet a unit uses when none is chosen: embedded for the embedded model, else by file name."""
+        entries = self.controlnet_entries()
+        model_name = model_name or self.default_name()
+        embedded = EMBEDDED_CONTROLNETS[control_type]
+        if model_name == EMBEDDED_MODEL and embedded in entries:
+            return embedded
+        for name, entry in entries.items():
+            if entry.source != "embedded" and any(word in name.lower() for word in CONTROL_TYPE_WORDS[control_type]):
+                return name
+        hub = {"pose": "lllyasviel/control_v11p_sd15_openpose", "depth": "lllyasviel/control_v11f1p_sd15_depth"}
+        raise ModelError(f"no {control_type} ControlNet for {model_name!r}: put one (e.g. the .safetensors of "
+                         f"{hub[control_type]}) in {self.controlnet_dir}, with '{CONTROL_TYPE_WORDS[control_type][0]}' "
+                         "in its file name, or choose one in the unit", field="model")
+
+    def load_controlnet(self, name: str):
+        """A ControlNetModel on the device in the base dtype, loaded once and cached."""
+        import diffusers
+
+        entries = self.controlnet_entries()
+        if name not in entries:
+            raise NotFound(f"unknown ControlNet {name!r}; put it in {self.controlnet_dir} (known: "
+                           f"{', '.join(entries) or 'none'})", field="model")
+        with self._lock:
+            if name in self._controlnets:
+                return self._controlnets[name]
+            entry = entries[name]
+            try:
+                if entry.source == "single_file":
+                    info = inspect_checkpoint(entry.path)
+                    config = CONFIGS_DIR / f"controlnet-{info.family}"
+                    if not config.is_dir():
+                        raise ModelError(f"no offline config for a {info.family} ControlNet in {config}",
+                                         field="model")
+                    net = diffusers.ControlNetModel.from_single_file(str(entry.path), config=str(config),
+                                                                     local_files_only=True,
+                                                                     dtype=self.placement.dtype)
+                else:
+                    self._check_folder_weights(entry.path)
+                    net = diffusers.ControlNetModel.from_pretrained(entry.location, local_files_only=True,
+                                                                    dtype=self.placement.dtype)
+            except ModelError:
+                raise
+            except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:
+                raise ModelError(f"could not load ControlNet {name!r}: {error}", field="model") from error
+            self._controlnets[name] = net.to(self.placement.device)
+            return self._controlnets[name]
+
+    def controlnet_hash(self, name: str) -> str:
+        return self.model_hash(self.controlnet_entries()[name])
 
     def vae_names(self) -> list[str]:
         if not self.vae_dir.is_dir():
@@ -455,6 +529,7 @@ class ModelManager:
             gone = [n for n in names if self._cache.pop(n, None) is not None]
             if not name:
                 self._vaes.clear()
+                self._controlnets.clear()
         self._release()
         return gone
 

@@ -80,3 +80,21 @@ def save_tiny_model(dest: Path, seed: int = 0, inpaint: bool = False, descriptio
     if description:
         (dest / "model_card.json").write_text(json.dumps({"description": description, "example_prompts": []}))
     return dest
+
+
+def save_tiny_controlnet(dest: Path, seed: int = 0) -> Path:
+    """A tiny random ControlNet matching tiny_unet, as a diffusers folder.
+
+    Real ControlNets start with zero output convolutions (no effect until trained); these are
+    randomised so that tests can see a control map change the picture.
+    """
+    import torch
+    from diffusers import ControlNetModel
+
+    net = ControlNetModel.from_unet(tiny_unet(seed), conditioning_channels=3)
+    torch.manual_seed(seed + 100)
+    with torch.no_grad():
+        for block in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
+            torch.nn.init.normal_(block.weight, std=0.5)
+    net.save_pretrained(str(dest), safe_serialization=True)
+    return Path(dest)
