@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from studio.errors import InputError, StudioError
-from studio.requests import InpaintRequest, OutpaintRequest, Txt2ImgRequest, field_spec
+from studio.requests import (ControlRequest, InpaintRequest, OutpaintRequest, Txt2ImgRequest, control_unit,
+                             field_spec)
 from studio.settings import Settings
 
 
@@ -94,6 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     outpaint.add_argument("--feather", type=int, default=OutpaintRequest.feather, help="soft ramp inside the band")
     outpaint.add_argument("--strength", type=float, default=OutpaintRequest.denoise_strength)
 
+    control = sub.add_parser("control", help="generate guided by ControlNet units (pose, depth)")
+    _common(control)
+    add_generation_options(control)
+    control.add_argument("--unit", action="append", required=True, metavar="KEY=VALUE,...",
+                         help="a control unit: type=pose|depth, then image=FILE (photo or map), or pose-json=FILE, "
+                              "or preset=NAME; preprocess=true|false, weight=0..2, start=0..1, end=0..1, "
+                              "guess=true|false, model=NAME. Repeat for more units.")
+    control.add_argument("--init-image", type=Path, help="img2img with controls: start from this image")
+    control.add_argument("--strength", type=float, default=ControlRequest.denoise_strength,
+                         help="denoising strength with --init-image")
+
     history = sub.add_parser("history", help="browse, show, re-run, star, delete past runs")
     hsub = history.add_subparsers(dest="action", required=True)
     listing = hsub.add_parser("list", help="newest first")
@@ -145,6 +157,50 @@ def read_image(path: Path, field: str):
                          field=field) from error
 
 
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def parse_unit(text: str, index: int, size: tuple[int, int]) -> dict:
+    """One --unit option (type=pose,image=P.png,weight=0.8,...) as a control unit."""
+    field = f"units[{index}]"
+    values: dict = {}
+    for part in filter(None, text.split(",")):
+        key, sep, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep:
+            raise InputError(f"{part!r} is not KEY=VALUE", field=field)
+        if key in ("preprocess", "guess"):
+            if value.lower() not in _TRUE | _FALSE:
+                raise InputError(f"{key}={value!r}: use true or false", field=f"{field}.{key}")
+            values["guess_mode" if key == "guess" else key] = value.lower() in _TRUE
+        elif key in ("weight", "start", "end"):
+            try:
+                values[key] = float(value)
+            except ValueError as error:
+                raise InputError(f"{key}={value!r} is not a number", field=f"{field}.{key}") from error
+        elif key == "image":
+            values["image"] = read_image(Path(value), f"{field}.image")
+        elif key in ("pose-json", "preset"):
+            from studio.engine import openpose
+            from studio.engine.control import pose_map_from_keypoints, read_pose_json
+
+            if key == "preset":
+                if value not in openpose.POSE_PRESETS:
+                    raise InputError(f"unknown preset {value!r}; choose one of {', '.join(openpose.POSE_PRESETS)}",
+                                     field=f"{field}.preset")
+                poses, width, height = [openpose.preset_pose(value, *size)], *size
+            else:
+                poses, width, height = read_pose_json(value)
+            values.update(image=pose_map_from_keypoints(poses, width, height), preprocess=False)
+            values.setdefault("type", "pose")
+        elif key in ("type", "model"):
+            values[key] = value
+        else:
+            raise InputError(f"unknown key {key!r}; use type, image, pose-json, preset, preprocess, weight, start, "
+                             "end, guess, model", field=field)
+    return control_unit(**values)
+
+
 def build_request(args):
     """The request a generating command describes."""
     fields = generation_fields(args)
@@ -157,6 +213,11 @@ def build_request(args):
         return OutpaintRequest(**fields, image=read_image(args.image, "image"), left=args.left, right=args.right,
                                top=args.top, bottom=args.bottom, infill=args.infill, overlap=args.overlap,
                                feather=args.feather, denoise_strength=args.strength)
+    if args.command == "control":
+        size = (args.width or 512, args.height or 512)
+        units = tuple(parse_unit(text, index, size) for index, text in enumerate(args.unit))
+        init = read_image(args.init_image, "init_image") if args.init_image else None
+        return ControlRequest(**fields, units=units, init_image=init, denoise_strength=args.strength)
     return Txt2ImgRequest(**fields)
 
 
@@ -268,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
 
         services = build(settings)
         try:
-            if args.command in ("generate", "inpaint", "outpaint"):
+            if args.command in ("generate", "inpaint", "outpaint", "control"):
                 result = services.runner.run(build_request(args))
                 for notice in result.notices:
                     print(f"notice: {notice}", file=sys.stderr)

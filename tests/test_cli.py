@@ -168,3 +168,35 @@ def test_inpaint_bad_inputs(cli, tmp_path):
     assert code == 2 and err.startswith("error: extend: all four sides are 0")
     code, _, err = cli("outpaint", "--image", str(image), "--left", "12", *common)
     assert code == 2 and err.startswith("error: left: 12 is not a multiple of 8")
+
+
+def test_control_command_with_two_units(cli, tmp_path, tiny_model_dir):
+    from studio.engine.openpose import pose_to_openpose_json, preset_pose
+    from studio.micro.tiny import save_tiny_controlnet
+
+    controlnets = tmp_path / "models" / "ControlNet"
+    save_tiny_controlnet(controlnets / "tiny-openpose", seed=1)
+    save_tiny_controlnet(controlnets / "tiny-depth", seed=2)
+    (tmp_path / "pose.json").write_text(json.dumps(pose_to_openpose_json([preset_pose("waving", 64, 64)], 64, 64)))
+    Image.new("RGB", (64, 64), (30, 30, 30)).save(tmp_path / "depth.png")
+    code, out, err = cli("control", "--unit", f"type=pose,pose-json={tmp_path / 'pose.json'},weight=0.8",
+                         "--unit", f"type=depth,image={tmp_path / 'depth.png'},preprocess=false,guess=true,end=0.5",
+                         "--prompt", "a figure", "--steps", "2", "--model", "tiny", "--width", "64", "--height", "64",
+                         "--json")
+    assert code == 0, err
+    run = json.loads(out)
+    code, out, _ = cli("history", "show", str(run["run_id"]), "--json")
+    units = json.loads(out)["params"]["units"]
+    assert [u["type"] for u in units] == ["pose", "depth"] and units[1]["guess_mode"] is True
+    assert units[0]["weight"] == 0.8 and units[1]["end"] == 0.5
+
+
+@pytest.mark.parametrize(("unit", "field"), [
+    ("type=normal,preset=standing", "units[0].type"),
+    ("type=pose,preset=standing,weight=5", "units[0].weight"),
+    ("type=pose,preset=flying", "units[0].preset"),
+    ("type=pose,colour=red", "units[0]"),
+])
+def test_control_bad_units(cli, unit, field):
+    code, _, err = cli("control", "--unit", unit, "--prompt", "x", "--steps", "2", "--model", "tiny")
+    assert code == 2 and err.startswith(f"error: {field}")

@@ -15,7 +15,7 @@ import torch
 from diffusers import MultiControlNetModel
 from PIL import Image
 
-from studio.engine import imaging
+from studio.engine import imaging, openpose
 from studio.engine.generate import register_mode
 from studio.errors import InputError, ModelError
 
@@ -28,8 +28,31 @@ DEPTH_ANYTHING_DIR = "depth-anything"
 DEPTH_ANYTHING_HUB = "depth-anything/Depth-Anything-V2-Small-hf"
 MIDAS_DIR = "midas"
 MIDAS_FILE = "dpt_hybrid-midas-501f0c75.pt"
+# Pose maps are drawn at this size at least: controlnet-aux draws limbs a fixed number of
+# pixels wide, so drawing small would make a blob of a small figure.
+POSE_DRAW_SIZE = 512
 # Aspect ratios closer than this count as equal (a map 1 px off is still the same framing).
 ASPECT_TOLERANCE = 0.02
+
+
+def pose_map_from_keypoints(poses, width: int, height: int) -> Image.Image:
+    """A pose map of width x height, drawn at POSE_DRAW_SIZE or more and scaled down."""
+    scale = max(1.0, POSE_DRAW_SIZE / max(width, height))
+    big = (round(width * scale), round(height * scale))
+    scaled = [[None if p is None else (p[0] * scale, p[1] * scale) for p in pose] for pose in poses]
+    return openpose.draw_body_poses(scaled, *big).resize((width, height), Image.BILINEAR)
+
+
+def read_pose_json(path) -> tuple[list, int, int]:
+    """(poses, width, height) from an OpenPose JSON file, or an InputError naming what is wrong."""
+    import json
+
+    try:
+        return openpose.poses_from_openpose_json(json.loads(Path(path).read_text()))
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"cannot read OpenPose JSON ({error})", field="pose_json") from error
+    except ValueError as error:
+        raise InputError(str(error)) from error
 
 
 class Preprocessors:

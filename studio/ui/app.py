@@ -7,7 +7,7 @@ import html
 import gradio as gr
 
 from studio.app import Services
-from studio.ui import history, inpaint, models, outpaint, txt2img
+from studio.ui import control, history, inpaint, models, outpaint, txt2img
 from studio.ui.context import UIContext
 from studio.ui.models import model_choices, vae_choices
 
@@ -69,6 +69,7 @@ def build_ui(services: Services) -> gr.Blocks:
             txt2img.build(ctx, native)
             inpaint.build(ctx, native)
             outpaint.build(ctx, native)
+            control.build(ctx, native)
             history.build(ctx)
             models.build(ctx)
         wire_senders(ctx)

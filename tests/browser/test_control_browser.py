@@ -1,0 +1,47 @@
+"""In a real browser: upload a ready pose map to a control unit and generate with it."""
+
+import time
+
+import numpy as np
+import pytest
+
+from studio.engine.openpose import draw_body_pose, preset_pose
+from studio.micro.tiny import save_tiny_controlnet
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def services(services):
+    save_tiny_controlnet(services.models.controlnet_dir / "tiny-openpose", seed=1)
+    return services
+
+
+def wait_for(condition, timeout=90.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.25)
+    raise AssertionError("condition not met in time")
+
+
+def test_upload_a_pose_map_and_generate(page, services, tmp_path):
+    pose = draw_body_pose(preset_pose("arms up", 64, 64), 64, 64)
+    path = tmp_path / "pose.png"
+    pose.save(path)
+    page.get_by_role("tab", name="ControlNet").click()
+    page.locator("#control-unit0-preprocess input").uncheck()
+    page.locator("#control-unit0-image input[type=file]").set_input_files(str(path))
+    page.wait_for_timeout(1000)
+    page.locator("#control-unit0-detect").click()
+    page.wait_for_selector("#control-unit0-map img")
+    page.locator("#control-prompt textarea").fill("a green figure in the centre")
+    page.locator("#control-generate").click()
+    wait_for(lambda: services.history.count() == 1 and services.history.search()[0].status == "done")
+    record = services.history.search()[0]
+    assert record.mode == "control" and record.params["units"][0]["model"] == "tiny-openpose"
+    used = services.history.load_inputs(record)["units.0.map"]
+    assert np.array_equal(np.array(used), np.array(pose))
+    page.wait_for_selector("#control-gallery img")
+    assert "ControlNet 0" in page.locator("#control-info textarea").input_value()
