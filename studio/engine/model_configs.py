@@ -298,6 +298,32 @@ CONFIGS: dict[str, dict[str, dict]] = {
 }
 
 
+# A ControlNet is a copy of its base UNet's encoder: the same architecture keys, plus the
+# hint encoder (a 3-channel image downscaled 8x by 16/32/96/256-channel convolutions).
+_CONTROLNET_SHARED_KEYS = (
+    "act_fn", "addition_embed_type", "addition_time_embed_dim", "attention_head_dim", "block_out_channels",
+    "cross_attention_dim", "down_block_types", "downsample_padding", "flip_sin_to_cos", "freq_shift", "in_channels",
+    "layers_per_block", "mid_block_scale_factor", "norm_eps", "norm_num_groups", "projection_class_embeddings_input_dim",
+    "transformer_layers_per_block", "upcast_attention", "use_linear_projection",
+)
+
+
+def _controlnet(unet: dict) -> dict[str, dict]:
+    config = {key: unet[key] for key in _CONTROLNET_SHARED_KEYS if key in unet}
+    config.update({"_class_name": "ControlNetModel", "conditioning_channels": 3,
+                   "conditioning_embedding_out_channels": [16, 32, 96, 256],
+                   "controlnet_conditioning_channel_order": "rgb", "global_pool_conditions": False})
+    return {"config.json": config}
+
+
+# Single-file ControlNets (models/ControlNet/*.safetensors) load with these, by base family.
+CONTROLNET_CONFIGS: dict[str, dict[str, dict]] = {
+    "controlnet-sd1": _controlnet(_SD_UNET),
+    "controlnet-sd2": _controlnet({**_SD2_UNET, "upcast_attention": False}),
+    "controlnet-sdxl": _controlnet(_SDXL_UNET),
+}
+
+
 def tokenizer_folders(family: str) -> list[str]:
     return sorted({path.split("/")[0] for path in CONFIGS[family] if path.startswith("tokenizer")})
 
@@ -309,7 +335,7 @@ def write_configs(out: Path, tokenizer_source: Path) -> list[Path]:
         raise FileNotFoundError(f"{tokenizer_source} lacks {', '.join(missing)}; the tokenizer folders need the "
                                 "CLIP BPE files (build assets/tokenizer first, or pass --tokenizer)")
     written = []
-    for family, files in CONFIGS.items():
+    for family, files in {**CONFIGS, **CONTROLNET_CONFIGS}.items():
         folder = out / family
         if folder.exists():
             shutil.rmtree(folder)  # drop files a previous version wrote and this one no longer does
@@ -318,7 +344,7 @@ def write_configs(out: Path, tokenizer_source: Path) -> list[Path]:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
             written.append(path)
-        for sub in tokenizer_folders(family):
+        for sub in tokenizer_folders(family) if family in CONFIGS else ():
             for name in TOKENIZER_FILES:
                 written.append(Path(shutil.copyfile(tokenizer_source / name, folder / sub / name)))
     return written

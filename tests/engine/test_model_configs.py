@@ -133,3 +133,19 @@ def test_tokenizer_loads_with_the_family_pad_token(family, subfolder, pad_id):
     ids = tokenizer("a photo of an astronaut", padding="max_length", max_length=77).input_ids
     assert ids[:7] == [49406, 320, 1125, 539, 550, 18376, 49407]  # CLIP BPE ids, then EOT
     assert ids[7:] == [pad_id] * 70
+
+
+@pytest.mark.parametrize(("folder", "millions"), [("controlnet-sd1", 361.28), ("controlnet-sd2", 364.23),
+                                                  ("controlnet-sdxl", 1251.01)])
+def test_controlnet_configs_build_the_published_architectures(folder, millions):
+    import json
+
+    import torch
+    from diffusers import ControlNetModel
+
+    from studio.settings import ASSETS_DIR
+
+    config = json.loads((ASSETS_DIR / "configs" / folder / "config.json").read_text())
+    with torch.device("meta"):
+        net = ControlNetModel.from_config(config)
+    assert abs(sum(p.numel() for p in net.parameters()) / 1e6 - millions) < 0.01
