@@ -19,6 +19,10 @@ def model_rows(services) -> list[list]:
     return rows
 
 
+def controlnet_rows(services) -> list[list]:
+    return [[e.name, e.source, e.location, e.description] for e in services.models.controlnet_entries().values()]
+
+
 def model_choices(services) -> list[tuple[str, str]]:
     return [(entry.label, entry.name) for entry in services.models.entries().values()]
 
@@ -36,6 +40,9 @@ def build(ctx: UIContext) -> None:
                     "at the top of the page.")
         table = gr.Dataframe(model_rows(services), headers=COLUMNS, interactive=False, wrap=True,
                              elem_id="models-table")
+        controlnets = gr.Dataframe(controlnet_rows(services), headers=["ControlNet", "source", "location",
+                                                                       "description"],
+                                   interactive=False, wrap=True, elem_id="models-controlnets")
         with gr.Row():
             path = gr.Textbox(label="Add a model: path to a .safetensors file or diffusers folder, or a hub id "
                                     "(online machines only)", scale=4, elem_id="models-path")
@@ -57,10 +64,10 @@ def build(ctx: UIContext) -> None:
     add.click(on_add, inputs=[path, name], outputs=[status, table, ctx.model], api_name=False)
 
     def on_refresh():
-        return {table: model_rows(services), ctx.model: gr.update(choices=model_choices(services)),
-                ctx.vae: gr.update(choices=vae_choices(services))}
+        return {table: model_rows(services), controlnets: controlnet_rows(services),
+                ctx.model: gr.update(choices=model_choices(services)), ctx.vae: gr.update(choices=vae_choices(services))}
 
-    refresh.click(on_refresh, outputs=[table, ctx.model, ctx.vae], api_name=False)
+    refresh.click(on_refresh, outputs=[table, controlnets, ctx.model, ctx.vae], api_name=False)
 
     def on_unload():
         gone = models.unload()
