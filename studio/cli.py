@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 from studio.errors import InputError, StudioError
-from studio.requests import (ControlRequest, InpaintRequest, OutpaintRequest, Txt2ImgRequest, control_unit,
-                             field_spec)
+from studio.requests import ControlRequest, InpaintRequest, OutpaintRequest, Txt2ImgRequest, control_unit, field_spec
 from studio.settings import Settings
 
 

@@ -30,8 +30,7 @@ from studio.engine.schedulers import SAMPLER_NAMES, describe_scheduler, make_sch
 from studio.errors import InputError, ModelError, StudioError
 from studio.history.infotext import format_infotext, parse_infotext, read_parameters
 from studio.history.store import HistoryStore, ImageRef
-from studio.requests import (REQUEST_TYPES, Txt2ImgRequest, from_record, resolve_seed, to_record,
-                             validate)
+from studio.requests import REQUEST_TYPES, Txt2ImgRequest, from_record, resolve_seed, to_record, validate
 from studio.settings import Settings
 
 

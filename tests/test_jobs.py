@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
+from tests_support import fast_request
 
 from studio.engine.generate import CancelToken
 from studio.errors import InputError, ModelError, NotFound
 from studio.history.infotext import parse_infotext
 from studio.requests import Txt2ImgRequest
-from tests_support import fast_request
 
 
 def test_txt2img_run_is_recorded_with_every_input(services):

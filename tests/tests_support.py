@@ -1,5 +1,7 @@
 """Helpers the tests import (conftest fixtures cannot be imported by child processes)."""
 
+import time
+
 from studio.requests import Txt2ImgRequest
 
 
@@ -8,3 +10,13 @@ def fast_request(**overrides) -> Txt2ImgRequest:
     values = dict(prompt="a red circle on the left", steps=2, width=64, height=64, seed=1234, sampler="Euler")
     values.update(overrides)
     return Txt2ImgRequest(**values)
+
+
+def wait_for(condition, timeout: float = 90.0) -> bool:
+    """Poll until condition() is true (browser tests wait on the server's work this way)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.25)
+    raise AssertionError("condition not met in time")

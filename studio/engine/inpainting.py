@@ -80,6 +80,15 @@ def pipeline_inputs(pipe, plan: EditPlan, masked_content: str, strength: float, 
     return kwargs
 
 
+def composite_over_original(plan: EditPlan, images: list[Image.Image]) -> list[Image.Image]:
+    """Each output put back at the original's size, over the original, with the soft mask as alpha."""
+    if plan.box is not None:
+        return [imaging.paste_back(plan.original, out, plan.box, plan.soft_mask) for out in images]
+    return [imaging.composite_masked(plan.original, out if out.size == plan.original.size
+                                     else out.resize(plan.original.size, Image.LANCZOS), plan.soft_mask)
+            for out in images]
+
+
 class Inpaint:
     name = "inpaint"
 
@@ -120,12 +129,7 @@ class Inpaint:
         return pipeline_inputs(context["pipe"], plan, request.masked_content, request.denoise_strength, request.seed)
 
     def finish(self, images, request, context):
-        plan: EditPlan = context["plan"]
-        if plan.box is not None:
-            return [imaging.paste_back(plan.original, out, plan.box, plan.soft_mask) for out in images]
-        return [imaging.composite_masked(plan.original, out.resize(plan.original.size, Image.LANCZOS)
-                                         if out.size != plan.original.size else out, plan.soft_mask)
-                for out in images]
+        return composite_over_original(context["plan"], images)
 
     def infotext_pairs(self, request) -> dict:
         pairs = {"Denoising strength": request.denoise_strength, "Mask blur": request.mask_blur,
@@ -165,10 +169,7 @@ class Outpaint:
         return pipeline_inputs(context["pipe"], plan, "original", request.denoise_strength, request.seed)
 
     def finish(self, images, request, context):
-        plan: EditPlan = context["plan"]
-        return [imaging.composite_masked(plan.original, out.resize(plan.original.size, Image.LANCZOS)
-                                         if out.size != plan.original.size else out, plan.soft_mask)
-                for out in images]
+        return composite_over_original(context["plan"], images)
 
     def infotext_pairs(self, request) -> dict:
         sides = ", ".join(f"{side} {getattr(request, side)}" for side in ("left", "right", "top", "bottom")

@@ -417,7 +417,6 @@ class ModelManager:
     def _load_entry(self, entry: ModelEntry) -> LoadedModel:
         import diffusers
         import torch
-
         import transformers
 
         # Loading bars would interleave with the studio's own progress on the console, and

@@ -14,8 +14,7 @@ from studio.engine.control import pose_map_from_keypoints, read_pose_json
 from studio.errors import InputError, StudioError
 from studio.requests import CONTROL_TYPES, CONTROL_UNIT_DEFAULTS, MAX_CONTROL_UNITS, ControlRequest, control_unit
 from studio.ui.context import TabRestore, UIContext
-from studio.ui.widgets import (action_buttons, generation_panel, prompt_boxes, result_widgets, slider, user_error,
-                               wire_results)
+from studio.ui.widgets import generation_panel, result_widgets, slider, tab_header, user_error, wire_results
 
 AUTOMATIC = "Automatic"
 DEPTH_BRUSH_GREYS = ["#ffffff", "#c0c0c0", "#808080", "#404040", "#000000"]
@@ -103,11 +102,7 @@ class UnitWidgets:
 def build(ctx: UIContext, native_size: int) -> None:
     services = ctx.services
     with gr.Tab("ControlNet", id="control"):
-        with gr.Row():
-            with gr.Column(scale=5):
-                prompt, negative = prompt_boxes("control")
-            with gr.Column(scale=1, min_width=180):
-                generate, interrupt = action_buttons("control")
+        prompt, negative, generate, interrupt = tab_header("control")
         with gr.Row():
             with gr.Column(scale=1):
                 units = [UnitWidgets(i, services) for i in range(MAX_CONTROL_UNITS)]

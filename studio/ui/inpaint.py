@@ -9,8 +9,15 @@ from studio.engine import imaging
 from studio.errors import InputError
 from studio.requests import INPAINT_AREAS, MASKED_CONTENT, InpaintRequest
 from studio.ui.context import ImageReceiver, ImageSender, TabRestore, UIContext
-from studio.ui.widgets import (action_buttons, generation_panel, prompt_boxes, result_widgets, selected_image,
-                               slider, user_error, wire_results)
+from studio.ui.widgets import (
+    generation_panel,
+    result_widgets,
+    selected_image,
+    slider,
+    tab_header,
+    user_error,
+    wire_results,
+)
 
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
 AREA_LABELS = dict(zip(INPAINT_AREAS, ("Whole picture", "Only masked")))
@@ -44,11 +51,7 @@ def image_and_mask(editor: dict | None, uploaded_mask: Image.Image | None) -> tu
 def build(ctx: UIContext, native_size: int) -> None:
     cls = InpaintRequest
     with gr.Tab("Inpaint", id="inpaint"):
-        with gr.Row():
-            with gr.Column(scale=5):
-                prompt, negative = prompt_boxes("inpaint")
-            with gr.Column(scale=1, min_width=180):
-                generate, interrupt = action_buttons("inpaint")
+        prompt, negative, generate, interrupt = tab_header("inpaint")
         with gr.Row():
             with gr.Column(scale=1):
                 editor = gr.ImageEditor(

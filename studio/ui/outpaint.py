@@ -9,8 +9,15 @@ from studio.engine import imaging
 from studio.errors import InputError
 from studio.requests import OUTPAINT_INFILLS, OutpaintRequest
 from studio.ui.context import ImageReceiver, ImageSender, TabRestore, UIContext
-from studio.ui.widgets import (action_buttons, generation_panel, prompt_boxes, result_widgets, selected_image,
-                               slider, user_error, wire_results)
+from studio.ui.widgets import (
+    generation_panel,
+    result_widgets,
+    selected_image,
+    slider,
+    tab_header,
+    user_error,
+    wire_results,
+)
 
 SIDES = ("left", "right", "top", "bottom")
 
@@ -18,11 +25,7 @@ SIDES = ("left", "right", "top", "bottom")
 def build(ctx: UIContext, native_size: int) -> None:
     cls = OutpaintRequest
     with gr.Tab("Outpaint", id="outpaint"):
-        with gr.Row():
-            with gr.Column(scale=5):
-                prompt, negative = prompt_boxes("outpaint")
-            with gr.Column(scale=1, min_width=180):
-                generate, interrupt = action_buttons("outpaint")
+        prompt, negative, generate, interrupt = tab_header("outpaint")
         with gr.Row():
             with gr.Column(scale=1):
                 image = gr.Image(type="pil", format="png", label="Image to extend", sources=["upload", "clipboard"],

@@ -6,17 +6,12 @@ import gradio as gr
 
 from studio.requests import Txt2ImgRequest
 from studio.ui.context import ImageSender, TabRestore, UIContext
-from studio.ui.widgets import (action_buttons, generation_panel, prompt_boxes, result_widgets, selected_image,
-                               wire_results)
+from studio.ui.widgets import generation_panel, result_widgets, selected_image, tab_header, wire_results
 
 
 def build(ctx: UIContext, native_size: int) -> None:
     with gr.Tab("txt2img", id="txt2img"):
-        with gr.Row():
-            with gr.Column(scale=5):
-                prompt, negative = prompt_boxes("txt2img")
-            with gr.Column(scale=1, min_width=180):
-                generate, interrupt = action_buttons("txt2img")
+        prompt, negative, generate, interrupt = tab_header("txt2img")
         with gr.Row():
             with gr.Column(scale=1):
                 panel = generation_panel("txt2img", ctx.model, ctx.vae, native_size, prompt, negative)

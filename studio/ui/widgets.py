@@ -188,6 +188,16 @@ def wire_results(runner, start_request, generate, interrupt, panel, outputs: dic
     panel.random_seed.click(lambda: RANDOM_SEED, outputs=panel.fields["seed"], api_name=False)
 
 
+def tab_header(prefix: str):
+    """The top row of a generating tab: prompt and negative prompt, Generate and Interrupt."""
+    with gr.Row():
+        with gr.Column(scale=5):
+            prompt, negative = prompt_boxes(prefix)
+        with gr.Column(scale=1, min_width=180):
+            generate, interrupt = action_buttons(prefix)
+    return prompt, negative, generate, interrupt
+
+
 def action_buttons(prefix: str) -> tuple[gr.Button, gr.Button]:
     generate = gr.Button("Generate", variant="primary", elem_id=f"{prefix}-generate",
                          elem_classes=["studio-generate"])

@@ -1,9 +1,8 @@
 """In a real browser: upload a ready pose map to a control unit and generate with it."""
 
-import time
-
 import numpy as np
 import pytest
+from tests_support import wait_for
 
 from studio.engine.openpose import draw_body_pose, preset_pose
 from studio.micro.tiny import save_tiny_controlnet
@@ -16,14 +15,6 @@ def services(services):
     save_tiny_controlnet(services.models.controlnet_dir / "tiny-openpose", seed=1)
     return services
 
-
-def wait_for(condition, timeout=90.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return True
-        time.sleep(0.25)
-    raise AssertionError("condition not met in time")
 
 
 def test_upload_a_pose_map_and_generate(page, services, tmp_path):

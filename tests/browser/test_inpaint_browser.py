@@ -1,22 +1,14 @@
 """In a real browser: paint a mask stroke on the editor canvas, inpaint, and check where pixels changed."""
 
 import io
-import time
 
 import numpy as np
 import pytest
 from PIL import Image
+from tests_support import wait_for
 
 pytestmark = pytest.mark.browser
 
-
-def wait_for(condition, timeout=90.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return True
-        time.sleep(0.25)
-    raise AssertionError("condition not met in time")
 
 
 def textured(size=(200, 136), seed=3):

@@ -1,19 +1,10 @@
 """In a real browser: generate from the txt2img tab, find the run in History, re-run it."""
 
-import time
-
 import pytest
+from tests_support import wait_for
 
 pytestmark = pytest.mark.browser
 
-
-def wait_for(condition, timeout=60.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 def test_generate_then_find_and_rerun_in_history(page, services):

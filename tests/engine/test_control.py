@@ -133,8 +133,7 @@ def annotators(tmp_path_factory):
     from controlnet_aux.open_pose.body import bodypose_model
     from controlnet_aux.open_pose.face import FaceNet
     from controlnet_aux.open_pose.hand import handpose_model
-    from transformers import (DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config,
-                              DPTImageProcessor)
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
 
     root = tmp_path_factory.mktemp("annotators")
     (root / "openpose").mkdir()

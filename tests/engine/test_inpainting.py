@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+from tests_support import fast_request
 
 from studio.errors import InputError
 from studio.requests import InpaintRequest, OutpaintRequest
-from tests_support import fast_request
 
 
 def photo(size=(200, 136), seed=0):

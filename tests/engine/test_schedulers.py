@@ -2,8 +2,13 @@
 
 import pytest
 
-from studio.engine.schedulers import (SAMPLER_NAMES, describe_scheduler, make_scheduler, parse_sampler_name,
-                                      supports_karras)
+from studio.engine.schedulers import (
+    SAMPLER_NAMES,
+    describe_scheduler,
+    make_scheduler,
+    parse_sampler_name,
+    supports_karras,
+)
 
 SD_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
                "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "steps_offset": 1,
