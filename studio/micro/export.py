@@ -260,7 +260,8 @@ def training_markdown(summary: dict | None) -> str:
         f"{summary.get('cpu_count', '?')} CPU cores",
         f"- Software: torch {summary.get('torch', '?')}, diffusers {summary.get('diffusers', '?')}, "
         f"transformers {summary.get('transformers', '?')}, Python {summary.get('python', '?')}",
-        f"- Wall time of the command: {summary.get('wall_seconds', 0) / 60:.1f} min",
+        f"- Wall time of the command: {summary.get('wall_seconds', 0) / 60:.1f} min; "
+        f"precision: {summary.get('precision', '?')}",
         f"- Seed: {summary.get('seed', '?')}",
         "",
         "| phase | steps | batch | lr | pool (scenes) | minutes | samples/s | final loss (moving avg) | status |",

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from studio.micro import eval as evaluation
 from studio.micro import export as exporting
 from studio.micro import train, world
 
@@ -124,7 +125,7 @@ def test_resume_continues_the_step_count_bit_for_bit(tmp_path, tokenizer_dir):
             assert torch.equal(a[key], b[key]), (part, key)
 
 
-def test_all_phases_train_and_export_folders_that_load_offline(tmp_path, tokenizer_dir):
+def test_all_phases_train_and_export_folders_that_load_offline(tmp_path, tokenizer_dir, capsys):
     from diffusers import ControlNetModel, StableDiffusionPipeline
 
     summary = train.run(options(tmp_path, tokenizer_dir, "--phase", "all", "--steps", "2"))
@@ -153,6 +154,24 @@ def test_all_phases_train_and_export_folders_that_load_offline(tmp_path, tokeniz
     for name in ("micro-controlnet-pose", "micro-controlnet-depth"):
         controlnet = ControlNetModel.from_pretrained(str(tmp_path / "models" / name))
         assert controlnet.config.conditioning_channels == 3
+
+    # The evaluation runs on the export: one JSON object with every score it promises.
+    args = ["--model", str(folder), "--n", "2", "--steps", "2", "--judge-n", "0", "--controlnets", "--n-control", "1"]
+    assert evaluation.main([*args, "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in (
+        "colour_accuracy",
+        "shape_accuracy",
+        "position_accuracy",
+        "background_accuracy",
+        "size_accuracy",
+        "pose_limb_coverage",
+        "pose_limb_coverage_without_control",
+        "depth_iou",
+        "seconds_per_image",
+    ):
+        assert key in scores, key
+    assert scores["n"] == 2 and 0.0 <= scores["pose_limb_coverage"] <= 1.0
 
 
 def test_scene_seeds_stay_below_the_evaluation_offset():
