@@ -141,6 +141,7 @@ class RunOptions:
     check_only: bool
     command: str
     world_module: str = "studio.micro.world"
+    init_from: Path | None = None  # an exported model folder (micro-sd) to start from instead of scratch
 
 
 # ---------------------------------------------------------------------------- scenes
@@ -571,7 +572,7 @@ class VaePhase(Phase):
     name = "vae"
 
     def build(self, resume_from):
-        folder = resume_from / "vae" if resume_from else None
+        folder = resume_from / "vae" if resume_from else self.ctx.initial("vae")
         self.vae = load_or_build("vae", folder, self.ctx.arch).to(self.device).train()
         self.trainable = {"vae": self.vae}
 
@@ -620,15 +621,15 @@ class UnetPhase(Phase):
 
     def build(self, resume_from):
         arch = self.ctx.arch
-        vae_folder = None if self.fresh else checkpoint_component(self.ctx.out, "vae", "vae")
+        if self.fresh:
+            vae_folder = None
+        else:
+            vae_folder = self.ctx.initial("vae") or checkpoint_component(self.ctx.out, "vae", "vae")
         self.vae = self._frozen(load_or_build("vae", vae_folder, arch))
         self.scaling_factor = float(self.vae.config.scaling_factor)
-        self.unet = load_or_build("unet", resume_from / "unet" if resume_from else None, arch).to(self.device).train()
-        self.text_encoder = (
-            load_or_build("text_encoder", resume_from / "text_encoder" if resume_from else None, arch)
-            .to(self.device)
-            .train()
-        )
+        start = (lambda part: resume_from / part) if resume_from else self.ctx.initial
+        self.unet = load_or_build("unet", start("unet"), arch).to(self.device).train()
+        self.text_encoder = load_or_build("text_encoder", start("text_encoder"), arch).to(self.device).train()
         self.trainable = {"unet": self.unet, "text_encoder": self.text_encoder}
         self._start_ema(resume_from)
 
@@ -667,13 +668,13 @@ class ControlNetPhase(Phase):
         folder = (
             (lambda phase, part: None)
             if self.fresh
-            else (lambda phase, part: checkpoint_component(self.ctx.out, phase, part))
+            else (lambda phase, part: self.ctx.initial(part) or checkpoint_component(self.ctx.out, phase, part))
         )
         self.vae = self._frozen(load_or_build("vae", folder("vae", "vae"), arch))
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.unet = self._frozen(load_or_build("unet", folder("unet", "unet"), arch))
         self.text_encoder = self._frozen(load_or_build("text_encoder", folder("unet", "text_encoder"), arch))
-        controlnet_folder = resume_from / "controlnet" if resume_from else None
+        controlnet_folder = resume_from / "controlnet" if resume_from else self.ctx.initial(self.name)
         self.controlnet = load_or_build("controlnet", controlnet_folder, arch, unet=self.unet).to(self.device).train()
         self.trainable = {"controlnet": self.controlnet}
         self._start_ema(resume_from)
@@ -927,6 +928,18 @@ class RunContext:
         self.mixed_precision = self.device.type == "cuda"  # bf16 autocast; preflight may turn it off
         self.summary: dict = {}
         self.loss_file = self.out / "loss.csv"
+        self.init_from = options.init_from
+
+    def initial(self, part: str) -> Path | None:
+        """Where to load a component from when starting (not resuming): an earlier export, if given.
+
+        part: "vae", "unet", "text_encoder" (inside micro-sd), or "controlnet-pose"/"controlnet-depth"
+        (the sibling micro-controlnet-* folders).
+        """
+        if self.init_from is None:
+            return None
+        folder = (self.init_from.parent / f"micro-{part}") if part.startswith("controlnet") else self.init_from / part
+        return folder if folder.is_dir() else None
 
     def log(self, message: str) -> None:
         from tqdm import tqdm
@@ -1016,6 +1029,12 @@ def parse_args(argv: list[str] | None) -> RunOptions:
     parser.add_argument("--tokenizer", type=Path, default=exporting.TOKENIZER_DIR)
     parser.add_argument("--log-every", type=int, help="steps between loss logs (default 50 cuda, 10 cpu)")
     parser.add_argument("--check", dest="check_only", action="store_true", help="validate and preflight, then stop")
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        help="start from an exported model folder (micro-sd, with its micro-controlnet-* siblings) instead of "
+        "random weights: continue a GPU run on another machine, where its checkpoints are not",
+    )
     args = parser.parse_args(argv)
     phases = PHASES if args.phase == "all" else (args.phase,)
     per_phase = {
@@ -1072,6 +1091,7 @@ def parse_args(argv: list[str] | None) -> RunOptions:
         log_every=args.log_every,
         check_only=args.check_only,
         command=command,
+        init_from=args.init_from,
     )
 
 
@@ -1140,9 +1160,11 @@ def validate(options: RunOptions, world, tokenizer) -> list[str]:
             f"tokenizer at {options.tokenizer} has model_max_length {tokenizer.model_max_length}, "
             f"SD pipelines need {CLIP_MAX_LENGTH}"
         )
+    if options.init_from is not None and not (options.init_from / "model_index.json").is_file():
+        problems.append(f"--init-from {options.init_from} is not an exported model folder (no model_index.json)")
     needs_vae = [p for p in options.phases if p != "vae"]
     vae_state = read_checkpoint_state(options.out, "vae")
-    if needs_vae and "vae" not in options.phases:
+    if needs_vae and "vae" not in options.phases and options.init_from is None:
         if vae_state is None:
             problems.append(f"--phase {needs_vae[0]} needs a trained VAE: no checkpoint in {options.out / 'vae'}")
         elif vae_state.get("status") == "running":
@@ -1152,7 +1174,8 @@ def validate(options: RunOptions, world, tokenizer) -> list[str]:
                 "finish it with --phase vae --resume"
             )
     control = [p for p in options.phases if p.startswith("controlnet")]
-    if control and "unet" not in options.phases and read_checkpoint_state(options.out, "unet") is None:
+    if (control and "unet" not in options.phases and options.init_from is None
+            and read_checkpoint_state(options.out, "unet") is None):
         problems.append(f"--phase {control[0]} needs a trained UNet: no checkpoint in {options.out / 'unet'}")
     free = shutil.disk_usage(options.out).free / 1e9
     if free < 2:
