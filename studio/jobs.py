@@ -115,7 +115,7 @@ class JobRunner:
         mode = generate.MODES[request.mode]
         params, inputs = to_record(request)
         if request.parent_run_id is None and inputs:
-            parent = self.history.run_with_output(next(iter(inputs.values())))
+            parent = self._parent_of(inputs)
             if parent is not None:
                 request = dataclasses.replace(request, parent_run_id=parent)
                 params["parent_run_id"] = parent
@@ -127,6 +127,15 @@ class JobRunner:
                 return dataclasses.replace(result, notices=tuple(notices))
             finally:
                 self._current = None
+
+    def _parent_of(self, inputs: dict) -> int | None:
+        """The run whose output this run starts from: the edited image first, then any other input."""
+        names = sorted(inputs, key=lambda name: (name not in ("image", "init_image"), name))
+        for name in names:
+            parent = self.history.run_with_output(inputs[name])
+            if parent is not None:
+                return parent
+        return None
 
     def _run_locked(self, request, mode, params, inputs, on_progress, cancel, rerun_of) -> RunResult:
         started = time.perf_counter()
@@ -161,7 +170,7 @@ class JobRunner:
                                  "STUDIO_MAX_PIXELS", field="width") from error
             sample_s = time.perf_counter() - sample_started
             infotexts = [self.infotext(request, model, seed) for seed in outcome.seeds]
-            outputs = [(image, seed, text, self._image_request_json(request, seed, inputs))
+            outputs = [(image, seed, text, self._image_request_json(request, seed))
                        for image, seed, text in zip(outcome.images, outcome.seeds, infotexts)]
             status = "interrupted" if outcome.cancelled else "done"
             duration = time.perf_counter() - started
@@ -219,7 +228,7 @@ class JobRunner:
         return format_infotext(request.prompt, request.negative_prompt, pairs)
 
     @staticmethod
-    def _image_request_json(request, seed: int, inputs: dict) -> dict:
+    def _image_request_json(request, seed: int) -> dict:
         """The request that reproduces exactly this one image (its own seed, batch of one)."""
         params, _ = to_record(dataclasses.replace(request, seed=seed, batch_size=1, batch_count=1))
         return params
