@@ -178,3 +178,11 @@ def test_preprocessed_units_record_photo_and_map(control_services, annotators):
     assert inputs["units.0.map"].size == (64, 64)
     again = control_services.runner.rerun(result.run_id)  # uses the recorded map, no preprocessing
     assert np.array_equal(np.array(again.images[0]), np.array(result.images[0]))
+
+
+def test_img2img_with_controls_points_to_the_run_it_starts_from(control_services):
+    from tests_support import fast_request
+
+    base = control_services.runner.run(fast_request())
+    edit = control_services.runner.run(control(init_image=base.images[0], denoise_strength=0.7))
+    assert control_services.history.get(edit.run_id).parent_id == base.run_id
