@@ -32,14 +32,16 @@ from studio.requests import Txt2ImgRequest
 from studio.settings import ASSETS_DIR, Settings
 
 
-def median_time(function, repeats: int) -> float:
-    function()  # warm-up: first calls pay one-off costs (allocations, kernel selection)
-    times = []
+def paired_medians(first, second, repeats: int) -> tuple[float, float]:
+    """Median seconds of two functions run alternately, so drift of a noisy machine hits both alike."""
+    first(), second()  # warm-up: first calls pay one-off costs (allocations, kernel selection)
+    times_first, times_second = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for function, times in ((first, times_first), (second, times_second)):
+            start = time.perf_counter()
+            function()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times_first), statistics.median(times_second)
 
 
 def overhead(services, model: str, size: int, steps: int, repeats: int) -> dict:
@@ -56,10 +58,10 @@ def overhead(services, model: str, size: int, steps: int, repeats: int) -> dict:
     def studio():
         services.runner.run(request)
 
-    plain_s = median_time(plain, repeats)
-    studio_s = median_time(studio, repeats)
+    plain_s, studio_s = paired_medians(plain, studio, repeats)
     return {"model": model, "size": size, "steps": steps, "repeats": repeats, "plain_diffusers_s": round(plain_s, 4),
-            "studio_s": round(studio_s, 4), "overhead_percent": round(100 * (studio_s - plain_s) / plain_s, 2)}
+            "studio_s": round(studio_s, 4), "overhead_ms": round(1000 * (studio_s - plain_s), 1),
+            "overhead_percent": round(100 * (studio_s - plain_s) / plain_s, 2)}
 
 
 def cold_start(data_dir: Path, model_dir: Path) -> dict:
@@ -76,6 +78,7 @@ def cold_start(data_dir: Path, model_dir: Path) -> dict:
 def switching(services, first: str, second: str) -> dict:
     models = services.models
     models.unload()
+    loads_before = models.load_count
     start = time.perf_counter()
     models.load(first)
     uncached_first = time.perf_counter() - start
@@ -86,13 +89,13 @@ def switching(services, first: str, second: str) -> dict:
         models.load(name)
         times.append(time.perf_counter() - start)
     return {"load_uncached_s": round(uncached_first, 4), "switch_cached_median_s": round(statistics.median(times), 6),
-            "reloads_during_switching": models.load_count - 2}
+            "reloads_during_switching": models.load_count - loads_before - 2}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path("bench/results/studio.json"))
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -147,14 +147,14 @@ class JobRunner:
         self._vae_tiling(pipe, request)
         run_id = self.history.start(self._row(request, model, pipe, params, rerun_of), inputs)
         try:
-            previews = Previewer(pipe, model.family)
             every = self.settings.preview_every
+            previews = Previewer(pipe, model.family) if on_progress is not None and every else None
 
             def on_step(info: StepInfo) -> None:
                 if on_progress is None:
                     return
                 preview = None
-                if every and info.latents is not None and (info.step % every == 0 or info.step == info.total_steps):
+                if previews and info.latents is not None and (info.step % every == 0 or info.step == info.total_steps):
                     preview = previews(info.latents)
                 on_progress(Progress(info.fraction, f"image batch {info.batch_index + 1}/{info.batch_count}, "
                                                     f"step {info.step}/{info.total_steps}", preview))
