@@ -28,6 +28,7 @@ CSS = """
   border: 1px solid var(--border-color-primary); border-radius: 4px; overflow: hidden; }
 .studio-progress-bar { position: absolute; inset: 0 auto 0 0; background: var(--color-accent-soft); }
 .studio-progress span { position: relative; padding-left: 8px; font-size: 0.85em; }
+.studio-model-note { font-size: 0.85em; opacity: 0.85; }
 """
 
 
@@ -35,9 +36,9 @@ def model_note(services: Services, name: str | None) -> str:
     entry = services.models.entries().get(name or "")
     if entry is None:
         return ""
-    text = f"**{html.escape(entry.label)}** — {html.escape(entry.description or entry.location)}"
+    text = f"**{html.escape(entry.label)}**: {html.escape(entry.description or entry.location)}"
     if entry.example_prompts:
-        text += "<br>Try: " + " · ".join(f"<code>{html.escape(p)}</code>" for p in entry.example_prompts[:4])
+        text += "  \nTry: " + " · ".join(f"“{html.escape(p)}”" for p in entry.example_prompts[:3])
     return text
 
 
@@ -63,7 +64,7 @@ def build_ui(services: Services) -> gr.Blocks:
             model = gr.Dropdown(model_choices(services), value=default, label="Model", scale=3,
                                 elem_id="model-select")
             vae = gr.Dropdown(vae_choices(services), value="Automatic", label="VAE", scale=2, elem_id="vae-select")
-            note = gr.Markdown(model_note(services, default), elem_id="model-note")
+        note = gr.Markdown(model_note(services, default), elem_id="model-note", elem_classes=["studio-model-note"])
         with gr.Tabs(selected="txt2img") as tabs:
             ctx = UIContext(services, model, vae, tabs)
             txt2img.build(ctx, native)

@@ -99,8 +99,8 @@ def generation_panel(prefix: str, model: gr.Dropdown, vae: gr.Dropdown, native_s
     with gr.Row(equal_height=True):
         seed = gr.Number(value=RANDOM_SEED, label="Seed", precision=0, elem_id=f"{prefix}-seed", scale=4,
                          info="-1 draws a random seed")
-        random_seed = gr.Button("🎲 Random", size="sm", scale=1, elem_id=f"{prefix}-random-seed")
-        reuse_seed = gr.Button("♻ Reuse last seed", size="sm", scale=1, elem_id=f"{prefix}-reuse-seed")
+        random_seed = gr.Button("Random seed", size="sm", scale=1, elem_id=f"{prefix}-random-seed")
+        reuse_seed = gr.Button("Reuse last seed", size="sm", scale=1, elem_id=f"{prefix}-reuse-seed")
     fields = dict(prompt=prompt, negative_prompt=negative, model=model, vae=vae, sampler=sampler, karras=karras,
                   steps=steps, batch_count=batch_count, batch_size=batch_size, cfg_scale=cfg, seed=seed)
     if show_size:
