@@ -233,7 +233,8 @@ class ModelManager:
             entry = ModelEntry(name or location.split("/")[-1], "hub", location)
         else:
             raise ModelError(f"{location} does not exist", field="path")
-        if entry.name in self.entries() and self.entries()[entry.name].location != entry.location:
+        existing = self.entries().get(entry.name)
+        if existing is not None and existing.location != entry.location:
             raise ModelError(f"a model named {entry.name!r} already exists; choose another name", field="name")
         items = [i for i in self._added() if i["name"] != entry.name]
         items.append({**entry.__dict__, "example_prompts": list(entry.example_prompts)})
