@@ -20,6 +20,9 @@ SHORTCUTS_JS = """
       if (buttons.length) { event.preventDefault(); buttons[0].click(); }
     }
   });
+  // a mark that the shortcuts are live: Gradio runs this after the first paint, and on a busy
+  // machine a key pressed before then does nothing (the browser tests wait for this mark)
+  document.body.dataset.studioShortcuts = 'ready';
 }
 """
 

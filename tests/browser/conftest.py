@@ -50,5 +50,7 @@ def page(browser, live_server):
     page.set_default_timeout(60_000)
     page.goto(live_server)
     page.wait_for_selector("#txt2img-generate")
+    # the app's own script (Ctrl+Enter) runs after the first paint; wait for it like a user would
+    page.wait_for_selector("body[data-studio-shortcuts=ready]", state="attached")
     yield page
     context.close()

@@ -16,7 +16,6 @@ def services(services):
     return services
 
 
-
 def test_upload_a_pose_map_and_generate(page, services, tmp_path):
     pose = draw_body_pose(preset_pose("arms up", 64, 64), 64, 64)
     path = tmp_path / "pose.png"
@@ -24,7 +23,8 @@ def test_upload_a_pose_map_and_generate(page, services, tmp_path):
     page.get_by_role("tab", name="ControlNet").click()
     page.locator("#control-unit0-preprocess input").uncheck()
     page.locator("#control-unit0-image input[type=file]").set_input_files(str(path))
-    page.wait_for_timeout(1000)
+    # the upload is done when the component shows the picture; clicking earlier sends no image
+    page.wait_for_selector("#control-unit0-image img", timeout=30_000)
     page.locator("#control-unit0-detect").click()
     page.wait_for_selector("#control-unit0-map img")
     page.locator("#control-prompt textarea").fill("a green figure in the centre")

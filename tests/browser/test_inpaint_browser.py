@@ -1,6 +1,7 @@
 """In a real browser: paint a mask stroke on the editor canvas, inpaint, and check where pixels changed."""
 
 import io
+import time
 
 import numpy as np
 import pytest
@@ -10,7 +11,6 @@ from tests_support import wait_for
 pytestmark = pytest.mark.browser
 
 
-
 def textured(size=(200, 136), seed=3):
     rng = np.random.default_rng(seed)
     w, h = size
@@ -18,22 +18,42 @@ def textured(size=(200, 136), seed=3):
     return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8), "RGB")
 
 
-def displayed_image_box(page, selector: str) -> tuple[float, float, float, float]:
-    """Where the picture sits on screen inside the editor, found in a screenshot.
-
-    The editor's empty surroundings are white or light grey; our test pictures are darker, so
-    the rows and columns mostly made of dark pixels are the picture.
-    """
+def _dark_box(page, selector: str):
+    """Where dark pixels (our test pictures) fill most of a row/column of the editor's canvas, or None."""
     canvas = page.locator(f"{selector} canvas").first
     box = canvas.bounding_box()
+    if box is None:
+        return None
     shot = np.array(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB")).astype(int)
     dark = shot.min(axis=-1) < 200
     rows = np.where(dark.mean(axis=1) > 0.3)[0]
     cols = np.where(dark.mean(axis=0) > 0.3)[0]
+    if rows.size == 0 or cols.size == 0:
+        return None
     scale_x = box["width"] / shot.shape[1]
     scale_y = box["height"] / shot.shape[0]
     return (float(box["x"] + cols.min() * scale_x), float(box["y"] + rows.min() * scale_y),
             float(box["x"] + (cols.max() + 1) * scale_x), float(box["y"] + (rows.max() + 1) * scale_y))
+
+
+def displayed_image_box(page, selector: str, timeout_s: float = 30.0) -> tuple[float, float, float, float]:
+    """Where the picture sits on screen inside the editor, found in screenshots.
+
+    The editor's empty surroundings are white or light grey; our test pictures are darker, so
+    the rows and columns mostly made of dark pixels are the picture. On a cold, busy machine the
+    upload takes a while to be drawn (and the editor may still re-fit it), so this waits until
+    the picture is there and its box is the same in two screenshots in a row.
+    """
+    deadline = time.monotonic() + timeout_s
+    previous = None
+    while True:
+        current = _dark_box(page, selector)
+        if current is not None and current == previous:
+            return current
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the editor did not show the picture within {timeout_s} s (last box: {current})")
+        previous = current
+        page.wait_for_timeout(300)
 
 
 def paint_stroke(page, screen_box, image_size, start, end):
@@ -55,8 +75,8 @@ def test_painted_stroke_is_where_the_image_changes(page, services, tmp_path):
     path = tmp_path / "picture.png"
     picture.save(path)
     page.get_by_role("tab", name="Inpaint").click()
+    page.locator("#inpaint-editor").get_by_text("Upload an image").wait_for()
     page.locator("#inpaint-editor input[type=file]").set_input_files(str(path))
-    page.wait_for_timeout(1500)
     screen_box = displayed_image_box(page, "#inpaint-editor")
     # a stroke in the upper-left part only: a flip or an offset would move the change elsewhere
     paint_stroke(page, screen_box, picture.size, (30, 35), (90, 35))
@@ -94,7 +114,6 @@ def test_send_a_txt2img_result_to_inpaint_and_keep_the_lineage(page, services):
     source = services.history.search()[0]
     page.locator("#txt2img-send-inpaint").click()
     wait_for(lambda: page.locator("#inpaint-editor canvas").first.is_visible())
-    page.wait_for_timeout(1500)
     picture = Image.open(source.outputs[0].path).convert("RGB")
     screen_box = displayed_image_box(page, "#inpaint-editor")
     paint_stroke(page, screen_box, picture.size, (10, 32), (50, 32))
