@@ -46,6 +46,14 @@ def pinned(package: str) -> str:
     return match.group(1)
 
 
+def without_dependencies() -> list[str]:
+    """Packages pyproject's [tool.studio] says to install with --no-deps (see the comment there)."""
+    # a regex, not tomllib: launch.py runs on the system Python, which may be 3.10
+    match = re.search(r"^install-without-dependencies\s*=\s*\[(.*?)\]", (ROOT / "pyproject.toml").read_text(),
+                      re.MULTILINE | re.DOTALL)
+    return re.findall(r'"([^"]+)"', match.group(1)) if match else []
+
+
 def ensure_environment(extras: str | None) -> Path:
     """Create .venv and install the project (with extras) unless the stamp says it is current."""
     python = venv_python()
@@ -63,6 +71,9 @@ def ensure_environment(extras: str | None) -> Path:
     # even `import diffusers`.
     run(pip + [pinned("torch"), pinned("torchvision")])
     run(pip + ["-e", f".[{extras}]" if extras else "."])
+    extra_packages = without_dependencies()
+    if extra_packages:
+        run(pip + ["--no-deps", *extra_packages])
     stamp.write_text(digest)
     return python
 

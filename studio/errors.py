@@ -10,6 +10,7 @@ class StudioError(Exception):
 
     def __init__(self, message: str, field: str | None = None):
         self.field = field
+        self.message = message  # without the field, for re-raising under a more precise one
         super().__init__(f"{field}: {message}" if field else message)
 
 

@@ -72,7 +72,7 @@ class JobRunner:
         self.history = history
         self.settings = settings
         self.preprocessors = preprocessors or Preprocessors(settings.annotators_dir, settings.offline,
-                                                            models.placement.device)
+                                                            models.placement.device, settings.pose_detector)
         # One device, one job at a time, whether the UI, the API or the CLI asked.
         self._device_lock = threading.Lock()
         self._current: CancelToken | None = None

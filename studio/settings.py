@@ -61,6 +61,11 @@ class Settings(BaseSettings):
         REPO_ROOT / "models" / "annotators",
         description="Local folder with preprocessor weights (OpenPose, depth) for the ControlNet tab.",
     )
+    pose_detector: Literal["auto", "openpose", "mediapipe"] = Field(
+        "auto",
+        description="Pose preprocessor: auto uses OpenPose when its weights are in the annotators folder, "
+        "else the offline MediaPipe detector (one person per photo).",
+    )
     preview_every: int = Field(
         2, ge=0, description="Show a live preview every N sampling steps (0 turns previews off)."
     )

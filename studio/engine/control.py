@@ -8,6 +8,7 @@ which file to put where.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 from diffusers import MultiControlNetModel
 from PIL import Image
 
-from studio.engine import imaging, openpose
+from studio.engine import imaging, mediapipe_pose, openpose
 from studio.engine.generate import register_mode
 from studio.errors import InputError, ModelError
 
@@ -28,6 +29,8 @@ DEPTH_ANYTHING_DIR = "depth-anything"
 DEPTH_ANYTHING_HUB = "depth-anything/Depth-Anything-V2-Small-hf"
 MIDAS_DIR = "midas"
 MIDAS_FILE = "dpt_hybrid-midas-501f0c75.pt"
+# auto: OpenPose when its weights are in the annotators folder, else the offline MediaPipe one
+POSE_DETECTORS = ("auto", "openpose", "mediapipe")
 # Pose maps are drawn at this size at least: controlnet-aux draws limbs a fixed number of
 # pixels wide, so drawing small would make a blob of a small figure.
 POSE_DRAW_SIZE = 512
@@ -58,11 +61,16 @@ def read_pose_json(path) -> tuple[list, int, int]:
 class Preprocessors:
     """Turns a photo into a control map: OpenPose skeletons, depth (near = bright)."""
 
-    def __init__(self, annotators_dir: Path, offline: bool = True, device: torch.device | None = None):
+    def __init__(self, annotators_dir: Path, offline: bool = True, device: torch.device | None = None,
+                 pose_detector: str = "auto"):
+        if pose_detector not in POSE_DETECTORS:
+            raise ValueError(f"pose detector must be one of {', '.join(POSE_DETECTORS)}, not {pose_detector!r}")
         self.root = Path(annotators_dir)
         self.offline = offline
         self.device = device or torch.device("cpu")
-        self._pose = None
+        self.pose_choice = pose_detector
+        self._pose = None  # (kind, detector) once loaded
+        self._pose_lock = threading.Lock()  # MediaPipe's graph serves one image at a time
         self._depth = None
 
     def _missing(self, what: str, folder: Path, files: str, hub: str) -> ModelError:
@@ -70,21 +78,56 @@ class Preprocessors:
         return ModelError(f"the {what} preprocessor needs {files} in {folder}; download them from the hub repo "
                           f"{hub}{online}, or untick 'preprocess' and upload a ready control map", field="preprocess")
 
-    def pose_detector(self):
-        if self._pose is None:
-            from controlnet_aux import OpenposeDetector
+    def _openpose_ready(self) -> bool:
+        folder = self.root / OPENPOSE_DIR
+        return folder.is_dir() and (folder / OPENPOSE_FILES[0]).is_file()
 
-            folder = self.root / OPENPOSE_DIR
-            if folder.is_dir() and (folder / OPENPOSE_FILES[0]).is_file():
-                self._pose = OpenposeDetector.from_pretrained(str(folder))
-            elif not self.offline:
-                self._pose = OpenposeDetector.from_pretrained(OPENPOSE_HUB)
+    def pose_detector(self) -> tuple[str, object]:
+        """("openpose" | "mediapipe", detector), loaded on first use.
+
+        auto: OpenPose when its weights are in the annotators folder (it finds every person),
+        else MediaPipe, which ships its model in the wheel and so works on a fresh machine,
+        else OpenPose from the hub when online.
+        """
+        if self._pose is None:
+            choice = self.pose_choice
+            use_openpose = choice == "openpose" or (choice == "auto" and (
+                self._openpose_ready() or (not mediapipe_pose.available() and not self.offline)))
+            if use_openpose:
+                from controlnet_aux import OpenposeDetector
+
+                folder = self.root / OPENPOSE_DIR
+                if self._openpose_ready():
+                    self._pose = ("openpose", OpenposeDetector.from_pretrained(str(folder)))
+                elif not self.offline:
+                    self._pose = ("openpose", OpenposeDetector.from_pretrained(OPENPOSE_HUB))
+                else:
+                    raise self._missing("pose", folder, ", ".join(OPENPOSE_FILES), OPENPOSE_HUB)
+            elif mediapipe_pose.available():
+                self._pose = ("mediapipe", mediapipe_pose.MediaPipePoseDetector())
             else:
-                raise self._missing("pose", folder, ", ".join(OPENPOSE_FILES), OPENPOSE_HUB)
+                folder = self.root / OPENPOSE_DIR
+                error = self._missing("pose", folder, ", ".join(OPENPOSE_FILES), OPENPOSE_HUB)
+                raise ModelError(f"{error} (the offline MediaPipe detector is not installed: run "
+                                 "python launch.py, which installs mediapipe)", field="preprocess")
         return self._pose
 
+    @property
+    def pose_detector_label(self) -> str:
+        kind = self.pose_detector()[0]
+        return "OpenPose" if kind == "openpose" else "MediaPipe (one person)"
+
     def pose(self, image: Image.Image, size: tuple[int, int]) -> Image.Image:
-        detector = self.pose_detector()
+        kind, detector = self.pose_detector()
+        if kind == "mediapipe":
+            with self._pose_lock:
+                poses = detector.keypoints(image)
+            if not poses:
+                raise InputError("MediaPipe found no person in the photo; use a photo where one person is "
+                                 "clearly visible, a pose preset, or a ready pose map (untick 'preprocess')",
+                                 field="image")
+            # drawn at the photo's own size (the keypoints are in its pixels), then fitted to the output
+            return pose_map_from_keypoints(poses, *image.size).resize(size, Image.BILINEAR)
         resolution = max(64, min(image.size))
         result = detector(image.convert("RGB"), detect_resolution=resolution, image_resolution=resolution,
                           include_body=True, include_hand=False, include_face=False)
@@ -207,7 +250,14 @@ class Control:
                 unit["model"] = env.models.default_controlnet(unit["type"], request.model)
             if unit["map"] is None:
                 if unit["preprocess"]:
-                    unit["map"] = env.preprocessors.run(unit["type"], unit["image"], (width, height))
+                    try:
+                        unit["map"] = env.preprocessors.run(unit["type"], unit["image"], (width, height))
+                    except InputError as error:
+                        if error.field != "image":
+                            raise
+                        raise InputError(error.message, field=f"units[{index}].image") from error
+                    if unit["type"] == "pose":
+                        env.notices.append(f"unit {index + 1}: pose found by {env.preprocessors.pose_detector_label}")
                 else:
                     unit["map"] = unit["image"].convert("RGB")
             control_map = unit["map"].convert("RGB")

@@ -134,10 +134,13 @@ def build(ctx: UIContext, native_size: int) -> None:
         widgets.image.clear(lambda: None, outputs=widgets.recorded_map, api_name=False)
 
         def detect(data: dict, widgets=widgets):
+            notices = []
             try:
-                request = services.runner.prepare(make_request({**data, widgets.enabled: True}))
+                request = services.runner.prepare(make_request({**data, widgets.enabled: True}), notices)
             except StudioError as error:  # a missing annotator is a ModelError: shown, with what to do
                 raise user_error(error) from error
+            for notice in notices:  # e.g. which pose detector made the map, a map that was resized
+                gr.Info(notice)
             position = [w for w in units if data[w.enabled] or w is widgets].index(widgets)
             return request.units[position]["map"]
 

@@ -122,8 +122,9 @@ def test_missing_controlnet_and_annotators_say_what_to_put_where(services, tmp_p
     with pytest.raises(ModelError) as error:
         preprocessors.run("depth", depth_map(), (64, 64))
     assert "depth-anything" in str(error.value) and "Depth-Anything-V2-Small-hf" in str(error.value)
+    # asked for OpenPose explicitly, its missing weights are named (auto would use MediaPipe)
     with pytest.raises(ModelError, match="body_pose_model.pth"):
-        preprocessors.run("pose", depth_map(), (64, 64))
+        Preprocessors(tmp_path / "annotators", pose_detector="openpose").run("pose", depth_map(), (64, 64))
     assert services.history.count() == 0
 
 
@@ -166,6 +167,7 @@ def test_preprocessors_load_offline_from_a_folder_and_make_maps(annotators):
     assert np.array_equal(values[..., 0], values[..., 1])  # grey
     pose = preprocessors.run("pose", photo, (96, 72))
     assert pose.size == (96, 72) and pose.mode == "RGB"
+    assert preprocessors.pose_detector()[0] == "openpose"  # its weights are there, so auto prefers it
 
 
 def test_preprocessed_units_record_photo_and_map(control_services, annotators):
