@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     control.add_argument("--unit", action="append", required=True, metavar="KEY=VALUE,...",
                          help="a control unit: type=pose|depth, then image=FILE (photo or map), or pose-json=FILE, "
                               "or preset=NAME; preprocess=true|false, weight=0..2, start=0..1, end=0..1, "
-                              "guess=true|false, model=NAME. Repeat for more units.")
+                              "guess=true|false, model=NAME, hands=true|false and face=true|false (pose "
+                              "preprocessing with OpenPose). Repeat for more units.")
     control.add_argument("--init-image", type=Path, help="img2img with controls: start from this image")
     control.add_argument("--strength", type=float, default=ControlRequest.denoise_strength,
                          help="denoising strength with --init-image")
@@ -168,7 +169,7 @@ def parse_unit(text: str, index: int, size: tuple[int, int]) -> dict:
         key, value = key.strip(), value.strip()
         if not sep:
             raise InputError(f"{part!r} is not KEY=VALUE", field=field)
-        if key in ("preprocess", "guess"):
+        if key in ("preprocess", "guess", "hands", "face"):
             if value.lower() not in _TRUE | _FALSE:
                 raise InputError(f"{key}={value!r}: use true or false", field=f"{field}.{key}")
             values["guess_mode" if key == "guess" else key] = value.lower() in _TRUE
@@ -196,7 +197,7 @@ def parse_unit(text: str, index: int, size: tuple[int, int]) -> dict:
             values[key] = value
         else:
             raise InputError(f"unknown key {key!r}; use type, image, pose-json, preset, preprocess, weight, start, "
-                             "end, guess, model", field=field)
+                             "end, guess, model, hands, face", field=field)
     return control_unit(**values)
 
 

@@ -161,7 +161,8 @@ def from_record(params: dict, images: dict[str, Image.Image]) -> Any:
     for key, value in list(values.items()):
         if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             values[key] = tuple(value)
-    return cls(**values)
+    upgrade = getattr(cls, "upgrade_recorded", None)  # a record made before a setting existed
+    return cls(**(upgrade(values) if upgrade else values))
 
 
 MASKED_CONTENT = ("original", "fill", "latent noise", "latent nothing")
@@ -253,7 +254,9 @@ CONTROL_TYPES = ("pose", "depth")
 MAX_CONTROL_UNITS = 3
 # One control unit's keys, their defaults and ranges (a unit is a plain dict so it can hold images).
 CONTROL_UNIT_DEFAULTS = {"type": "pose", "image": None, "preprocess": True, "map": None, "weight": 1.0,
-                         "start": 0.0, "end": 1.0, "guess_mode": False, "model": None}
+                         "start": 0.0, "end": 1.0, "guess_mode": False, "model": None,
+                         # pose preprocessing: also detect hands / face (A1111's openpose_hand, _face, _full)
+                         "hands": False, "face": False}
 CONTROL_WEIGHT_RANGE = (0.0, 2.0)
 
 
@@ -279,6 +282,9 @@ def _check_unit(index: int, unit: dict) -> None:
         value = unit.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
             raise InputError(f"{value!r} is out of range; use {low:g} to {high:g}", field=f"{where}.{key}")
+    for key in ("preprocess", "guess_mode", "hands", "face"):
+        if not isinstance(unit.get(key), bool):
+            raise InputError(f"{unit.get(key)!r} is not true or false", field=f"{where}.{key}")
     if unit["start"] >= unit["end"]:
         raise InputError(f"start {unit['start']:g} must be before end {unit['end']:g}", field=f"{where}.start")
 
@@ -293,6 +299,11 @@ class ControlRequest(Txt2ImgRequest):
     units: tuple = spec((), "Control units", help="each: type, image or map, preprocess, weight, start, end, guess mode, model")
     init_image: Image.Image | None = spec(None, "Init image", help="img2img with controls when given")
     denoise_strength: float = spec(0.75, "Denoising strength", min=0.0, max=1.0, step=0.01)
+
+    @staticmethod
+    def upgrade_recorded(values: dict) -> dict:
+        """Units recorded before a unit setting existed (hands, face) get its default."""
+        return {**values, "units": tuple(control_unit(**unit) for unit in values.get("units", ()))}
 
     def validate_mode(self) -> None:
         if not self.units:

@@ -196,6 +196,7 @@ def test_control_command_with_two_units(cli, tmp_path, tiny_model_dir):
     ("type=pose,preset=standing,weight=5", "units[0].weight"),
     ("type=pose,preset=flying", "units[0].preset"),
     ("type=pose,colour=red", "units[0]"),
+    ("type=pose,preset=standing,hands=maybe", "units[0].hands"),
 ])
 def test_control_bad_units(cli, unit, field):
     code, _, err = cli("control", "--unit", unit, "--prompt", "x", "--steps", "2", "--model", "tiny")

@@ -117,7 +117,7 @@ class Preprocessors:
         kind = self.pose_detector()[0]
         return "OpenPose" if kind == "openpose" else "MediaPipe (one person)"
 
-    def pose(self, image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    def pose(self, image: Image.Image, size: tuple[int, int], hands: bool = False, face: bool = False) -> Image.Image:
         kind, detector = self.pose_detector()
         if kind == "mediapipe":
             with self._pose_lock:
@@ -130,7 +130,7 @@ class Preprocessors:
             return pose_map_from_keypoints(poses, *image.size).resize(size, Image.BILINEAR)
         resolution = max(64, min(image.size))
         result = detector(image.convert("RGB"), detect_resolution=resolution, image_resolution=resolution,
-                          include_body=True, include_hand=False, include_face=False)
+                          include_body=True, include_hand=hands, include_face=face)
         return result.convert("RGB").resize(size, Image.BILINEAR)
 
     def depth_estimator(self):
@@ -167,8 +167,10 @@ class Preprocessors:
         scaled = (values - low) / (high - low) * 255 if high > low else np.zeros_like(values)
         return Image.fromarray(scaled.astype(np.uint8), "L").resize(size, Image.BILINEAR).convert("RGB")
 
-    def run(self, control_type: str, image: Image.Image, size: tuple[int, int]) -> Image.Image:
-        return self.pose(image, size) if control_type == "pose" else self.depth(image, size)
+    def run(self, control_type: str, image: Image.Image, size: tuple[int, int], hands: bool = False,
+            face: bool = False) -> Image.Image:
+        """The control map of a photo; hands and face apply to pose (OpenPose draws them, MediaPipe does not)."""
+        return self.pose(image, size, hands, face) if control_type == "pose" else self.depth(image, size)
 
 
 class UnitsControlNet(MultiControlNetModel):
@@ -227,6 +229,16 @@ class ResolveEnv:
     models: object = None
 
 
+def preprocessor_name(unit: dict) -> str:
+    """The unit's preprocessing in infotext, named the way A1111 names its variants (openpose_hand, _face, _full)."""
+    if not unit["preprocess"]:
+        return "none"
+    if unit["type"] != "pose":
+        return unit["type"]
+    return {(False, False): "pose", (True, False): "pose_hand", (False, True): "pose_face",
+            (True, True): "pose_full"}[(bool(unit["hands"]), bool(unit["face"]))]
+
+
 class Control:
     name = "control"
 
@@ -251,13 +263,17 @@ class Control:
             if unit["map"] is None:
                 if unit["preprocess"]:
                     try:
-                        unit["map"] = env.preprocessors.run(unit["type"], unit["image"], (width, height))
+                        unit["map"] = env.preprocessors.run(unit["type"], unit["image"], (width, height),
+                                                            hands=unit["hands"], face=unit["face"])
                     except InputError as error:
                         if error.field != "image":
                             raise
                         raise InputError(error.message, field=f"units[{index}].image") from error
                     if unit["type"] == "pose":
                         env.notices.append(f"unit {index + 1}: pose found by {env.preprocessors.pose_detector_label}")
+                        if (unit["hands"] or unit["face"]) and env.preprocessors.pose_detector()[0] == "mediapipe":
+                            env.notices.append(f"unit {index + 1}: MediaPipe draws the body only; hands and face "
+                                               "need the OpenPose weights in the annotators folder")
                 else:
                     unit["map"] = unit["image"].convert("RGB")
             control_map = unit["map"].convert("RGB")
@@ -298,7 +314,7 @@ class Control:
     def infotext_pairs(self, request) -> dict:
         pairs = {}
         for index, unit in enumerate(request.units):
-            pairs[f"ControlNet {index}"] = (f"Module: {unit['type'] if unit['preprocess'] else 'none'}, "
+            pairs[f"ControlNet {index}"] = (f"Module: {preprocessor_name(unit)}, "
                                             f"Model: {unit['model']}, Weight: {unit['weight']:g}, Guidance Start: "
                                             f"{unit['start']:g}, Guidance End: {unit['end']:g}, "
                                             f"Guess Mode: {unit['guess_mode']}")

@@ -67,7 +67,7 @@ def generate(pipe, prompts: list[str], seeds: list[int], args, **extra) -> list:
     images = []
     for start in range(0, len(prompts), args.batch):
         part = slice(start, start + args.batch)
-        kwargs = {k: v[part] for k, v in extra.items()}
+        kwargs = {k: v[part] if isinstance(v, list) else v for k, v in extra.items()}
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds[part]]
         images += pipe(
             prompt=prompts[part],
@@ -161,7 +161,8 @@ def evaluate_controlnets(pipe, args, judge, world) -> dict:
             scenes = [world.scene_from_seed(s) for s in seeds]
             hints = [world.render_depth(scene).convert("RGB") for scene in scenes]
         prompts = [world.caption(scene, np.random.default_rng([s, 2])) for scene, s in zip(scenes, seeds)]
-        controlled = generate(control_pipe, prompts, seeds, args, image=hints)
+        controlled = generate(control_pipe, prompts, seeds, args, image=hints,
+                              controlnet_conditioning_scale=args.control_scale)
         plain = generate(pipe, prompts, seeds, args)
         truth = [world.render_image(scene) for scene in scenes]
         if kind == "pose":
@@ -222,6 +223,7 @@ def evaluate(args) -> dict:
     if args.save_grid:
         save_grid(images[:64], args.save_grid)
     if args.controlnets:
+        result["control_scale"] = args.control_scale
         result.update(evaluate_controlnets(pipe, args, judge, world))
     result["judge_accuracy"] = judge_proof(judge, args.judge_n)
     return result
@@ -237,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, default=7.0)
     parser.add_argument("--controlnets", action="store_true", help="also score the pose and depth ControlNets")
+    parser.add_argument("--control-scale", type=float, default=1.0, help="ControlNet weight (A1111's Weight)")
     parser.add_argument("--n-control", type=int, help="scenes per ControlNet (default n/4, at least 8)")
     parser.add_argument("--judge-n", type=int, default=200, help="scenes for the judge's own proof (0: skip)")
     parser.add_argument("--save-grid", type=Path, help="write the first 64 images as one PNG grid")

@@ -33,6 +33,8 @@ class UnitWidgets:
                                      elem_id=f"{prefix}-type")
                 self.preprocess = gr.Checkbox(value=True, label="Preprocess (detect the pose/depth in a photo)",
                                               elem_id=f"{prefix}-preprocess")
+                self.hands = gr.Checkbox(value=False, label="Pose: hands", elem_id=f"{prefix}-hands")
+                self.face = gr.Checkbox(value=False, label="Pose: face", elem_id=f"{prefix}-face")
             with gr.Row():
                 self.image = gr.Image(type="pil", format="png", label="Photo, or a ready control map",
                                       sources=["upload", "clipboard"], elem_id=f"{prefix}-image", height=220)
@@ -74,7 +76,7 @@ class UnitWidgets:
     @property
     def inputs(self) -> list:
         return [self.enabled, self.type, self.preprocess, self.image, self.weight, self.start, self.end,
-                self.guess_mode, self.model, self.recorded_map]
+                self.guess_mode, self.model, self.recorded_map, self.hands, self.face]
 
     def unit(self, data: dict) -> dict | None:
         if not data[self.enabled]:
@@ -82,8 +84,8 @@ class UnitWidgets:
         return control_unit(type=data[self.type], image=data[self.image], preprocess=bool(data[self.preprocess]),
                             map=data[self.recorded_map], weight=float(data[self.weight]),
                             start=float(data[self.start]), end=float(data[self.end]),
-                            guess_mode=bool(data[self.guess_mode]),
-                            model=None if data[self.model] in (AUTOMATIC, "", None) else data[self.model])
+                            guess_mode=bool(data[self.guess_mode]), hands=bool(data[self.hands]),
+                            face=bool(data[self.face]), model=None if data[self.model] in (AUTOMATIC, "", None) else data[self.model])
 
     def restore(self, unit: dict | None) -> dict:
         if unit is None:
@@ -91,12 +93,13 @@ class UnitWidgets:
         return {self.enabled: True, self.type: unit["type"], self.preprocess: unit["preprocess"],
                 self.image: unit["image"] if unit["image"] is not None else unit["map"], self.map: unit["map"],
                 self.recorded_map: unit["map"], self.weight: unit["weight"], self.start: unit["start"],
-                self.end: unit["end"], self.guess_mode: unit["guess_mode"], self.model: unit["model"] or AUTOMATIC}
+                self.end: unit["end"], self.guess_mode: unit["guess_mode"], self.model: unit["model"] or AUTOMATIC,
+                self.hands: unit["hands"], self.face: unit["face"]}
 
     @property
     def restore_outputs(self) -> list:
         return [self.enabled, self.type, self.preprocess, self.image, self.map, self.recorded_map, self.weight,
-                self.start, self.end, self.guess_mode, self.model]
+                self.start, self.end, self.guess_mode, self.model, self.hands, self.face]
 
 
 def build(ctx: UIContext, native_size: int) -> None:

@@ -56,6 +56,25 @@ def displayed_image_box(page, selector: str, timeout_s: float = 30.0) -> tuple[f
         page.wait_for_timeout(300)
 
 
+def upload_to_editor(page, selector: str, path) -> tuple[float, float, float, float]:
+    """Upload a picture into an image editor and return where it is drawn on screen.
+
+    The editor reads the file in the browser and draws it with WebGL (software-rendered here);
+    a file given while it is still setting up its canvas is sometimes dropped, and the editor
+    stays empty. A user would upload again; so does this, up to three times.
+    """
+    page.locator(selector).get_by_text("Upload an image").wait_for()
+    page.locator(f"{selector} canvas").first.wait_for()
+    for attempt in range(3):
+        page.locator(f"{selector} input[type=file]").set_input_files(str(path))
+        try:
+            return displayed_image_box(page, selector, timeout_s=15.0)
+        except AssertionError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def paint_stroke(page, screen_box, image_size, start, end):
     """Drag the brush from one image-pixel point to another."""
     left, top, right, bottom = screen_box
@@ -75,9 +94,7 @@ def test_painted_stroke_is_where_the_image_changes(page, services, tmp_path):
     path = tmp_path / "picture.png"
     picture.save(path)
     page.get_by_role("tab", name="Inpaint").click()
-    page.locator("#inpaint-editor").get_by_text("Upload an image").wait_for()
-    page.locator("#inpaint-editor input[type=file]").set_input_files(str(path))
-    screen_box = displayed_image_box(page, "#inpaint-editor")
+    screen_box = upload_to_editor(page, "#inpaint-editor", path)
     # a stroke in the upper-left part only: a flip or an offset would move the change elsewhere
     paint_stroke(page, screen_box, picture.size, (30, 35), (90, 35))
     page.locator("#inpaint-prompt textarea").fill("a blue square")

@@ -188,3 +188,33 @@ def test_img2img_with_controls_points_to_the_run_it_starts_from(control_services
     base = control_services.runner.run(fast_request())
     edit = control_services.runner.run(control(init_image=base.images[0], denoise_strength=0.7))
     assert control_services.history.get(edit.run_id).parent_id == base.run_id
+
+
+def test_pose_hands_and_face_reach_openpose_and_are_recorded(control_services, annotators):
+    control_services.runner.preprocessors = Preprocessors(annotators)
+    photo = Image.fromarray(np.random.default_rng(2).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    unit = control_unit(type="pose", image=photo, hands=True, face=True)
+    result = control_services.runner.run(control(units=(unit,)))
+    assert "Module: pose_full" in result.infotexts[0]
+    record = control_services.history.get(result.run_id)
+    assert record.params["units"][0]["hands"] is True and record.params["units"][0]["face"] is True
+    assert control_services.runner.restore(result.run_id).units[0]["hands"] is True
+
+
+def test_a_unit_recorded_before_hands_and_face_existed_restores(control_services):
+    from studio.requests import from_record, to_record
+
+    params, images = to_record(control())
+    for recorded in params["units"]:
+        del recorded["hands"], recorded["face"]
+    restored = from_record(params, images)
+    assert restored.units[0]["hands"] is False and restored.units[0]["face"] is False
+
+
+@pytest.mark.parametrize("key", ["hands", "face", "preprocess", "guess_mode"])
+def test_unit_switches_must_be_true_or_false(control_services, key):
+    values = dict(type="pose", image=pose_map(), preprocess=False)
+    values[key] = "yes"
+    with pytest.raises(InputError) as error:
+        control_services.runner.run(control(units=(control_unit(**values),)))
+    assert error.value.field == f"units[0].{key}"

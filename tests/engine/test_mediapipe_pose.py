@@ -102,9 +102,10 @@ def test_a_pose_run_from_a_photo_records_the_detected_map(detector_ready, servic
     photo = astronaut().resize((128, 128))
     notices = []
     request = ControlRequest(prompt="a figure", steps=2, seed=1, sampler="Euler", width=64, height=64,
-                             units=(control_unit(type="pose", image=photo),))
+                             units=(control_unit(type="pose", image=photo, hands=True),))
     prepared = services.runner.prepare(request, notices)
-    assert any("MediaPipe" in notice for notice in notices)
+    assert any("found by MediaPipe" in notice for notice in notices)
+    assert any("body only" in notice for notice in notices)  # it cannot draw the asked-for hands
     result = services.runner.run(request)
     inputs = services.history.load_inputs(services.history.get(result.run_id))
     assert np.array_equal(np.array(inputs["units.0.map"]), np.array(prepared.units[0]["map"]))
