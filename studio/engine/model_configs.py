@@ -7,13 +7,20 @@ schedule, and `tokenizer*/` are loaded with `CLIPTokenizer.from_pretrained` (the
 no tokenizer, so the folder must). The values copy the public diffusers repos each family comes
 from (see FAMILY_SOURCES); the tests check every architecture against its published parameter
 count. Write the folders with `python -m studio.engine.model_configs --out assets/configs`.
+
+assets/configs holds the JSON only: the CLIP BPE files (1.5 MB, the same for every family) live
+once in assets/tokenizer, and `complete_config` assembles a full folder in a cache on first use
+rather than the repo carrying eight copies.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 FAMILY_SOURCES = {
@@ -328,12 +335,17 @@ def tokenizer_folders(family: str) -> list[str]:
     return sorted({path.split("/")[0] for path in CONFIGS[family] if path.startswith("tokenizer")})
 
 
-def write_configs(out: Path, tokenizer_source: Path) -> list[Path]:
-    """Write every family's folder under `out`, copying the BPE files from `tokenizer_source`."""
+def _check_tokenizer_source(tokenizer_source: Path) -> None:
     missing = [name for name in TOKENIZER_FILES if not (tokenizer_source / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{tokenizer_source} lacks {', '.join(missing)}; the tokenizer folders need the "
                                 "CLIP BPE files (build assets/tokenizer first, or pass --tokenizer)")
+
+
+def write_configs(out: Path, tokenizer_source: Path | None = None) -> list[Path]:
+    """Write every family's folder under `out`; with `tokenizer_source`, copy the BPE files in too."""
+    if tokenizer_source is not None:
+        _check_tokenizer_source(tokenizer_source)
     written = []
     for family, files in {**CONFIGS, **CONTROLNET_CONFIGS}.items():
         folder = out / family
@@ -344,10 +356,47 @@ def write_configs(out: Path, tokenizer_source: Path) -> list[Path]:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
             written.append(path)
-        for sub in tokenizer_folders(family) if family in CONFIGS else ():
+        for sub in tokenizer_folders(family) if family in CONFIGS and tokenizer_source is not None else ():
             for name in TOKENIZER_FILES:
                 written.append(Path(shutil.copyfile(tokenizer_source / name, folder / sub / name)))
     return written
+
+
+def complete_config(folder: Path, tokenizer_source: Path, cache: Path) -> Path:
+    """A copy of a JSON-only config folder with the BPE files in its tokenizer folders, in `cache`.
+
+    Keyed by a hash of the folder's and the BPE files' contents, so an edited config or a new
+    vocabulary makes a new folder instead of reusing a stale one. Built in a temporary folder
+    and renamed into place, so a crash never leaves a half-written folder that looks complete.
+    """
+    folder = Path(folder)
+    subs = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith("tokenizer"))
+    if not subs:
+        return folder  # nothing to add (a ControlNet or VAE config)
+    _check_tokenizer_source(tokenizer_source)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
+    for name in TOKENIZER_FILES:
+        digest.update((tokenizer_source / name).read_bytes())
+    target = Path(cache) / f"{folder.name}-{digest.hexdigest()[:12]}"
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=target.parent))
+    try:
+        shutil.copytree(folder, staging, dirs_exist_ok=True)
+        for sub in subs:
+            for name in TOKENIZER_FILES:
+                shutil.copyfile(tokenizer_source / name, staging / sub / name)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if not target.is_dir():  # another process won the race: theirs is the same content
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -355,8 +404,9 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ASSETS_DIR / "configs", help="folder to write the families into")
-    parser.add_argument("--tokenizer", type=Path, default=ASSETS_DIR / "tokenizer",
-                        help="folder holding the CLIP vocab.json and merges.txt")
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="also copy the CLIP vocab.json and merges.txt from this folder into the tokenizer "
+                        "folders (assets/configs does not: complete_config adds them at load time)")
     args = parser.parse_args(argv)
     written = write_configs(args.out, args.tokenizer)
     size = sum(path.stat().st_size for path in written)

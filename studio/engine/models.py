@@ -17,6 +17,7 @@ from pathlib import Path
 
 from studio.engine.checkpoints import PICKLE_SUFFIXES, inspect_checkpoint, read_header, refuse_pickle
 from studio.engine.devices import Placement, free_memory_bytes, use_channels_last
+from studio.engine.model_configs import complete_config
 from studio.errors import ModelError, NotFound
 from studio.history.files import atomic_write
 from studio.settings import ASSETS_DIR, Settings
@@ -30,6 +31,7 @@ EMBEDDED_CONTROLNETS = {"pose": "micro-controlnet-pose", "depth": "micro-control
 # Words in a ControlNet's file name that tell its control type (A1111 names: control_v11p_sd15_openpose).
 CONTROL_TYPE_WORDS = {"pose": ("openpose", "pose"), "depth": ("depth",)}
 CONFIGS_DIR = ASSETS_DIR / "configs"
+TOKENIZER_DIR = ASSETS_DIR / "tokenizer"  # the CLIP BPE files our config folders share
 PLACEHOLDER_MODEL = "placeholder-untrained"
 WEIGHT_SUFFIXES = (".safetensors",)
 
@@ -435,6 +437,8 @@ class ModelManager:
                 if not Path(config).is_dir():
                     raise ModelError(f"no offline config for a {info.config_name} checkpoint in {config}",
                                      field="model")
+                if entry.config_dir is None:  # ours ship without the BPE files: add them (once, cached)
+                    config = str(complete_config(Path(config), TOKENIZER_DIR, self.settings.data_dir / "configs"))
                 cls = getattr(diffusers, PIPELINE_CLASSES[("sdxl" if family == "sdxl" else "sd", "txt2img")])
                 extra = {} if family == "sdxl" else _SD_ONLY_KWARGS
                 pipe = cls.from_single_file(str(entry.path), config=config, local_files_only=True,

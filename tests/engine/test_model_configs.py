@@ -2,13 +2,21 @@
 architecture is the published one (built on the meta device, so no weights are allocated)."""
 
 import json
+import shutil
 
 import pytest
 import torch
 from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from studio.engine.model_configs import CONFIGS, FAMILIES, TOKENIZER_FILES, tokenizer_folders, write_configs
+from studio.engine.model_configs import (
+    CONFIGS,
+    FAMILIES,
+    TOKENIZER_FILES,
+    complete_config,
+    tokenizer_folders,
+    write_configs,
+)
 from studio.settings import ASSETS_DIR
 
 CONFIGS_DIR = ASSETS_DIR / "configs"
@@ -32,7 +40,7 @@ def base(family: str) -> str:
 
 
 def test_the_committed_folders_are_what_the_writer_writes(tmp_path):
-    written = write_configs(tmp_path, TOKENIZER_DIR)
+    written = write_configs(tmp_path)  # JSON only: the BPE files are added at load time
     expected = {p.relative_to(tmp_path).as_posix(): p.read_bytes() for p in written}
     committed = {p.relative_to(CONFIGS_DIR).as_posix(): p.read_bytes()
                  for p in CONFIGS_DIR.rglob("*") if p.is_file()}
@@ -42,13 +50,31 @@ def test_the_committed_folders_are_what_the_writer_writes(tmp_path):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_every_folder_holds_its_module_data(family):
+def test_every_folder_holds_its_module_data(family, tmp_path):
     folder = CONFIGS_DIR / family
     for relative, data in CONFIGS[family].items():
         assert json.loads((folder / relative).read_text()) == data, relative
+    complete = complete_config(folder, TOKENIZER_DIR, tmp_path)
+    assert complete != folder and complete.parent == tmp_path
     for sub in tokenizer_folders(family):
+        assert not (folder / sub / "vocab.json").exists()  # the repo keeps one copy, in assets/tokenizer
         for name in TOKENIZER_FILES:
-            assert (folder / sub / name).read_bytes() == (TOKENIZER_DIR / name).read_bytes()
+            assert (complete / sub / name).read_bytes() == (TOKENIZER_DIR / name).read_bytes()
+    for relative in CONFIGS[family]:
+        assert (complete / relative).read_bytes() == (folder / relative).read_bytes()
+
+
+def test_a_completed_folder_is_reused_and_a_changed_config_gets_a_new_one(tmp_path):
+    source = tmp_path / "sd1"
+    shutil.copytree(CONFIGS_DIR / "sd1", source)
+    first = complete_config(source, TOKENIZER_DIR, tmp_path / "cache")
+    assert complete_config(source, TOKENIZER_DIR, tmp_path / "cache") == first
+    (source / "scheduler" / "scheduler_config.json").write_text('{"_class_name": "DDIMScheduler"}')
+    second = complete_config(source, TOKENIZER_DIR, tmp_path / "cache")
+    assert second != first and "DDIM" in (second / "scheduler" / "scheduler_config.json").read_text()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted([first.name, second.name])  # no leftovers
+    assert complete_config(CONFIGS_DIR / "controlnet-sd1", TOKENIZER_DIR, tmp_path / "cache") == \
+        CONFIGS_DIR / "controlnet-sd1"  # nothing to add
 
 
 @pytest.mark.parametrize("family, pipeline", [
@@ -128,8 +154,9 @@ def test_scheduler_loads_from_the_folder(family, prediction):
 @pytest.mark.parametrize("family, subfolder, pad_id", [
     ("sd1", "tokenizer", 49407), ("sd2", "tokenizer", 0), ("sdxl", "tokenizer", 49407), ("sdxl", "tokenizer_2", 0),
 ])
-def test_tokenizer_loads_with_the_family_pad_token(family, subfolder, pad_id):
-    tokenizer = CLIPTokenizer.from_pretrained(CONFIGS_DIR / family, subfolder=subfolder, local_files_only=True)
+def test_tokenizer_loads_with_the_family_pad_token(family, subfolder, pad_id, tmp_path):
+    folder = complete_config(CONFIGS_DIR / family, TOKENIZER_DIR, tmp_path)
+    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder=subfolder, local_files_only=True)
     ids = tokenizer("a photo of an astronaut", padding="max_length", max_length=77).input_ids
     assert ids[:7] == [49406, 320, 1125, 539, 550, 18376, 49407]  # CLIP BPE ids, then EOT
     assert ids[7:] == [pad_id] * 70
