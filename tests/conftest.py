@@ -33,8 +33,10 @@ def tiny_inpaint_dir(tmp_path_factory) -> Path:
 def settings(tmp_path):
     from studio.settings import Settings
 
+    # annotators in a temp folder too: weights a developer keeps in ./models/annotators must not
+    # change which preprocessor a test gets
     return Settings(data_dir=tmp_path / "data", models_dir=tmp_path / "models", default_model=TINY,
-                    device="cpu", preview_every=1)
+                    device="cpu", preview_every=1, annotators_dir=tmp_path / "annotators")
 
 
 @pytest.fixture

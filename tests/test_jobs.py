@@ -185,3 +185,24 @@ def test_a_run_killed_midway_is_marked_interrupted_at_next_start(settings, tiny_
         assert services.recovery.orphan_blobs == [] and services.recovery.missing_blobs == []
     finally:
         services.close()
+
+
+def test_running_out_of_device_memory_is_a_clear_error_and_the_studio_goes_on(services):
+    """A GPU running out of memory mid-sampling: a message naming what to change, a failed row, and the next
+    run works with the model still loaded. This CPU cannot run out of device memory, so the error is
+    raised where a CUDA allocation would raise it: inside a sampling step (the step callback)."""
+    import torch
+
+    def exhausted(progress):
+        if progress.fraction > 0:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(ModelError) as error:
+        services.runner.run(fast_request(steps=3), on_progress=exhausted)
+    assert error.value.field == "width"
+    assert "ran out of memory at 64x64 with batch size 1" in str(error.value)
+    [record] = services.history.search()
+    assert record.status == "failed" and "ran out of memory" in record.error
+    assert services.models.loaded_names() == ["tiny"]  # freed cached memory, kept the model
+    again = services.runner.run(fast_request())
+    assert services.history.get(again.run_id).status == "done"
