@@ -33,8 +33,10 @@ class UnitWidgets:
                                      elem_id=f"{prefix}-type")
                 self.preprocess = gr.Checkbox(value=True, label="Preprocess (detect the pose/depth in a photo)",
                                               elem_id=f"{prefix}-preprocess")
-                self.hands = gr.Checkbox(value=False, label="Pose: hands", elem_id=f"{prefix}-hands")
-                self.face = gr.Checkbox(value=False, label="Pose: face", elem_id=f"{prefix}-face")
+            with gr.Row():
+                # OpenPose's hand and face models (A1111's openpose_hand / _face / _full)
+                self.hands = gr.Checkbox(value=False, label="Pose: also detect hands", elem_id=f"{prefix}-hands")
+                self.face = gr.Checkbox(value=False, label="Pose: also detect the face", elem_id=f"{prefix}-face")
             with gr.Row():
                 self.image = gr.Image(type="pil", format="png", label="Photo, or a ready control map",
                                       sources=["upload", "clipboard"], elem_id=f"{prefix}-image", height=220)
