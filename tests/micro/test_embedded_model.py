@@ -145,6 +145,6 @@ def test_pose_and_depth_controlnets_follow_their_maps(embedded):
         assert controlled.request.units[0]["model"] == "micro-controlnet-pose"
         assert result.request.units[0]["model"] == "micro-controlnet-depth"
     print("control", np.mean(coverage), np.mean(coverage_plain), np.mean(depth_iou))
-    # measured: limb coverage 0.389 with the pose ControlNet vs 0.039 without; depth IoU 0.640
-    assert np.mean(coverage) >= 0.3 and np.mean(coverage) >= np.mean(coverage_plain) + 0.2, (coverage, coverage_plain)
+    # measured: limb coverage 0.629 with the pose ControlNet vs 0.039 without; depth IoU 0.640
+    assert np.mean(coverage) >= 0.55 and np.mean(coverage) >= np.mean(coverage_plain) + 0.2, (coverage, coverage_plain)
     assert np.mean(depth_iou) >= 0.5, depth_iou
