@@ -82,18 +82,23 @@ class Preprocessors:
         folder = self.root / OPENPOSE_DIR
         return folder.is_dir() and (folder / OPENPOSE_FILES[0]).is_file()
 
-    def pose_detector(self) -> tuple[str, object]:
-        """("openpose" | "mediapipe", detector), loaded on first use.
-
-        auto: OpenPose when its weights are in the annotators folder (it finds every person),
+    def _pose_kind_to_load(self) -> str:
+        """auto: OpenPose when its weights are in the annotators folder (it finds every person),
         else MediaPipe, which ships its model in the wheel and so works on a fresh machine,
-        else OpenPose from the hub when online.
-        """
+        else OpenPose (from the hub when online)."""
+        if self.pose_choice != "auto":
+            return self.pose_choice
+        return "mediapipe" if not self._openpose_ready() and mediapipe_pose.available() else "openpose"
+
+    def pose_detector(self) -> tuple[str, object]:
+        """("openpose" | "mediapipe", detector), loaded on first use."""
         if self._pose is None:
-            choice = self.pose_choice
-            use_openpose = choice == "openpose" or (choice == "auto" and (
-                self._openpose_ready() or (not mediapipe_pose.available() and not self.offline)))
-            if use_openpose:
+            if self._pose_kind_to_load() == "mediapipe":
+                if not mediapipe_pose.available():
+                    raise ModelError("the MediaPipe pose detector is not installed: run python launch.py, which "
+                                     "installs mediapipe", field="preprocess")
+                self._pose = ("mediapipe", mediapipe_pose.MediaPipePoseDetector())
+            else:
                 from controlnet_aux import OpenposeDetector
 
                 folder = self.root / OPENPOSE_DIR
@@ -102,20 +107,21 @@ class Preprocessors:
                 elif not self.offline:
                     self._pose = ("openpose", OpenposeDetector.from_pretrained(OPENPOSE_HUB))
                 else:
-                    raise self._missing("pose", folder, ", ".join(OPENPOSE_FILES), OPENPOSE_HUB)
-            elif mediapipe_pose.available():
-                self._pose = ("mediapipe", mediapipe_pose.MediaPipePoseDetector())
-            else:
-                folder = self.root / OPENPOSE_DIR
-                error = self._missing("pose", folder, ", ".join(OPENPOSE_FILES), OPENPOSE_HUB)
-                raise ModelError(f"{error} (the offline MediaPipe detector is not installed: run "
-                                 "python launch.py, which installs mediapipe)", field="preprocess")
+                    error = self._missing("pose", folder, ", ".join(OPENPOSE_FILES), OPENPOSE_HUB)
+                    if self.pose_choice == "auto":  # auto fell back to OpenPose: say why MediaPipe was not used
+                        raise ModelError(f"{error.message} (the offline MediaPipe detector is not installed: run "
+                                         "python launch.py, which installs mediapipe)", field="preprocess")
+                    raise error
         return self._pose
 
     @property
+    def pose_kind(self) -> str:
+        """Which detector makes pose maps: "openpose" or "mediapipe" (loads it)."""
+        return self.pose_detector()[0]
+
+    @property
     def pose_detector_label(self) -> str:
-        kind = self.pose_detector()[0]
-        return "OpenPose" if kind == "openpose" else "MediaPipe (one person)"
+        return "OpenPose" if self.pose_kind == "openpose" else "MediaPipe (one person)"
 
     def pose(self, image: Image.Image, size: tuple[int, int], hands: bool = False, face: bool = False) -> Image.Image:
         kind, detector = self.pose_detector()
@@ -271,7 +277,7 @@ class Control:
                         raise InputError(error.message, field=f"units[{index}].image") from error
                     if unit["type"] == "pose":
                         env.notices.append(f"unit {index + 1}: pose found by {env.preprocessors.pose_detector_label}")
-                        if (unit["hands"] or unit["face"]) and env.preprocessors.pose_detector()[0] == "mediapipe":
+                        if (unit["hands"] or unit["face"]) and env.preprocessors.pose_kind == "mediapipe":
                             env.notices.append(f"unit {index + 1}: MediaPipe draws the body only; hands and face "
                                                "need the OpenPose weights in the annotators folder")
                 else:

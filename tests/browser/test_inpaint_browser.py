@@ -72,7 +72,6 @@ def upload_to_editor(page, selector: str, path) -> tuple[float, float, float, fl
         except AssertionError:
             if attempt == 2:
                 raise
-    raise AssertionError("unreachable")
 
 
 def paint_stroke(page, screen_box, image_size, start, end):

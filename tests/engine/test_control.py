@@ -218,3 +218,17 @@ def test_unit_switches_must_be_true_or_false(control_services, key):
     with pytest.raises(InputError) as error:
         control_services.runner.run(control(units=(control_unit(**values),)))
     assert error.value.field == f"units[0].{key}"
+
+
+def test_without_mediapipe_or_openpose_weights_the_message_names_both(tmp_path, monkeypatch):
+    """A machine where mediapipe could not be installed (it is absent only there, so it is switched off)."""
+    from studio.engine import mediapipe_pose
+
+    monkeypatch.setattr(mediapipe_pose, "available", lambda: False)
+    with pytest.raises(ModelError) as error:
+        Preprocessors(tmp_path / "annotators").run("pose", depth_map(), (64, 64))
+    message = str(error.value)
+    assert message.startswith("preprocess: the pose preprocessor needs body_pose_model.pth")
+    assert message.count("preprocess:") == 1 and "mediapipe" in message
+    with pytest.raises(ModelError, match="MediaPipe pose detector is not installed"):
+        Preprocessors(tmp_path / "annotators", pose_detector="mediapipe").run("pose", depth_map(), (64, 64))
