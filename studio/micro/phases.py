@@ -206,27 +206,6 @@ class Phase:
     def _frozen(self, module):
         return module.to(self.device).eval().requires_grad_(False)
 
-    def _tokens(self, generator, index) -> torch.Tensor:
-        """One of each scene's captions, or the empty prompt with probability caption_dropout."""
-        tokens = self.pool["tokens"][index]
-        choice = torch.randint(0, tokens.shape[1], (len(index),), generator=generator, device=self.device)
-        ids = tokens[torch.arange(len(index), device=self.device), choice].long()
-        drop = torch.rand(len(index), generator=generator, device=self.device) < self.settings.caption_dropout
-        return torch.where(drop[:, None], self.ctx.empty_ids, ids)
-
-    def _noisy_latents(self, generator, index) -> dict:
-        mean, std = self.pool["latent_mean"][index], self.pool["latent_std"][index]
-        sample = mean + std * torch.randn(mean.shape, generator=generator, device=self.device)
-        latents = sample * self.scaling_factor
-        noise = torch.randn(latents.shape, generator=generator, device=self.device)
-        if self.settings.noise_offset:
-            # Offset noise: lets the model move an image's mean colour (flat backgrounds).
-            noise = noise + self.settings.noise_offset * torch.randn(
-                (len(index), latents.shape[1], 1, 1), generator=generator, device=self.device
-            )
-        timesteps = torch.randint(0, self.ctx.noise.steps, (len(index),), generator=generator, device=self.device)
-        return {"noisy": self.ctx.noise.add_noise(latents, noise, timesteps), "noise": noise, "timesteps": timesteps}
-
     def _index(self, generator, batch_size: int) -> torch.Tensor:
         return torch.randint(0, self.pool.size, (batch_size,), generator=generator, device=self.device)
 
@@ -279,25 +258,57 @@ class VaePhase(Phase):
         self.vae.train()
 
 
-class UnetPhase(Phase):
+class LatentPhase(Phase):
+    """A phase that trains in the frozen VAE's latent space (the UNet and the ControlNets)."""
+
+    def _earlier(self, phase: str, part: str) -> Path | None:
+        """A component an earlier phase made: from --init-from, else that phase's checkpoint.
+
+        None in preflight (fresh dependencies), which builds the component instead."""
+        if self.fresh:
+            return None
+        return self.ctx.initial(part) or checkpoint_component(self.ctx.out, phase, part)
+
+    def _load_frozen_vae(self) -> None:
+        self.vae = self._frozen(load_or_build("vae", self._earlier("vae", "vae"), self.ctx.arch))
+        self.scaling_factor = float(self.vae.config.scaling_factor)
+
+    def make_pool(self):
+        return ScenePool(self.name, self.ctx, encoder=self.vae)
+
+    def _tokens(self, generator, index) -> torch.Tensor:
+        """One of each scene's captions, or the empty prompt with probability caption_dropout."""
+        tokens = self.pool["tokens"][index]
+        choice = torch.randint(0, tokens.shape[1], (len(index),), generator=generator, device=self.device)
+        ids = tokens[torch.arange(len(index), device=self.device), choice].long()
+        drop = torch.rand(len(index), generator=generator, device=self.device) < self.settings.caption_dropout
+        return torch.where(drop[:, None], self.ctx.empty_ids, ids)
+
+    def _noisy_latents(self, generator, index) -> dict:
+        mean, std = self.pool["latent_mean"][index], self.pool["latent_std"][index]
+        sample = mean + std * torch.randn(mean.shape, generator=generator, device=self.device)
+        latents = sample * self.scaling_factor
+        noise = torch.randn(latents.shape, generator=generator, device=self.device)
+        if self.settings.noise_offset:
+            # Offset noise: lets the model move an image's mean colour (flat backgrounds).
+            noise = noise + self.settings.noise_offset * torch.randn(
+                (len(index), latents.shape[1], 1, 1), generator=generator, device=self.device
+            )
+        timesteps = torch.randint(0, self.ctx.noise.steps, (len(index),), generator=generator, device=self.device)
+        return {"noisy": self.ctx.noise.add_noise(latents, noise, timesteps), "noise": noise, "timesteps": timesteps}
+
+
+class UnetPhase(LatentPhase):
     name = "unet"
 
     def build(self, resume_from):
         arch = self.ctx.arch
-        if self.fresh:
-            vae_folder = None
-        else:
-            vae_folder = self.ctx.initial("vae") or checkpoint_component(self.ctx.out, "vae", "vae")
-        self.vae = self._frozen(load_or_build("vae", vae_folder, arch))
-        self.scaling_factor = float(self.vae.config.scaling_factor)
+        self._load_frozen_vae()
         start = (lambda part: resume_from / part) if resume_from else self.ctx.initial
         self.unet = load_or_build("unet", start("unet"), arch).to(self.device).train()
         self.text_encoder = load_or_build("text_encoder", start("text_encoder"), arch).to(self.device).train()
         self.trainable = {"unet": self.unet, "text_encoder": self.text_encoder}
         self._start_ema(resume_from)
-
-    def make_pool(self):
-        return ScenePool(self.name, self.ctx, encoder=self.vae)
 
     def batch(self, step):
         g = step_generator(self.ctx.seed, self.name, step, self.device)
@@ -319,7 +330,7 @@ class UnetPhase(Phase):
         return [exporting.export_sd(dest, vae, text_encoder, unet, self.ctx.tokenizer_dir, summary)]
 
 
-class ControlNetPhase(Phase):
+class ControlNetPhase(LatentPhase):
     """Trains a ControlNet made from the UNet; VAE, text encoder and UNet stay frozen."""
 
     def __init__(self, ctx, settings, name: str, fresh_dependencies: bool = False):
@@ -328,22 +339,13 @@ class ControlNetPhase(Phase):
 
     def build(self, resume_from):
         arch = self.ctx.arch
-        folder = (
-            (lambda phase, part: None)
-            if self.fresh
-            else (lambda phase, part: self.ctx.initial(part) or checkpoint_component(self.ctx.out, phase, part))
-        )
-        self.vae = self._frozen(load_or_build("vae", folder("vae", "vae"), arch))
-        self.scaling_factor = float(self.vae.config.scaling_factor)
-        self.unet = self._frozen(load_or_build("unet", folder("unet", "unet"), arch))
-        self.text_encoder = self._frozen(load_or_build("text_encoder", folder("unet", "text_encoder"), arch))
+        self._load_frozen_vae()
+        self.unet = self._frozen(load_or_build("unet", self._earlier("unet", "unet"), arch))
+        self.text_encoder = self._frozen(load_or_build("text_encoder", self._earlier("unet", "text_encoder"), arch))
         controlnet_folder = resume_from / "controlnet" if resume_from else self.ctx.initial(self.name)
         self.controlnet = load_or_build("controlnet", controlnet_folder, arch, unet=self.unet).to(self.device).train()
         self.trainable = {"controlnet": self.controlnet}
         self._start_ema(resume_from)
-
-    def make_pool(self):
-        return ScenePool(self.name, self.ctx, encoder=self.vae)
 
     def batch(self, step):
         g = step_generator(self.ctx.seed, self.name, step, self.device)
