@@ -87,7 +87,8 @@ class UnitWidgets:
                             map=data[self.recorded_map], weight=float(data[self.weight]),
                             start=float(data[self.start]), end=float(data[self.end]),
                             guess_mode=bool(data[self.guess_mode]), hands=bool(data[self.hands]),
-                            face=bool(data[self.face]), model=None if data[self.model] in (AUTOMATIC, "", None) else data[self.model])
+                            face=bool(data[self.face]),
+                            model=None if data[self.model] in (AUTOMATIC, "", None) else data[self.model])
 
     def restore(self, unit: dict | None) -> dict:
         if unit is None:
