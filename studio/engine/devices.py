@@ -65,11 +65,27 @@ def free_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return max(0, free - VRAM_HEADROOM_MB * 2**20)
+    return max(0, available_ram_bytes() - RAM_HEADROOM_MB * 2**20)
+
+
+def available_ram_bytes(meminfo: str = "/proc/meminfo") -> int:
+    """RAM a new allocation can get, page cache included.
+
+    The kernel's MemAvailable counts the file cache it would drop for us. Free pages alone
+    (SC_AVPHYS_PAGES) miss it: after a big pip install most RAM is cache, "free" looks like
+    almost nothing and the model cache would evict every model on each switch.
+    """
     try:
-        pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        with open(meminfo) as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # macOS and old kernels: free pages are the best we can read
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
-        pages = 8 * 2**30
-    return max(0, pages - RAM_HEADROOM_MB * 2**20)
+        return 8 * 2**30
 
 
 def use_channels_last(device: torch.device) -> bool:

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from studio.engine.checkpoints import export_single_file, inspect_checkpoint
-from studio.engine.devices import Placement
+from studio.engine import models as models_module
+from studio.engine.devices import Placement, available_ram_bytes
 from studio.engine.models import ModelManager
 from studio.errors import ModelError, NotFound
 from studio.micro.tiny import save_tiny_model
@@ -112,7 +113,13 @@ def test_hub_ids_are_refused_offline(settings):
         manager(settings).add("runwayml/stable-diffusion-v1-5")
 
 
-def test_lru_cache_keeps_recent_models_and_evicts_the_oldest(settings, tiny_model_dir, tmp_path):
+def plenty_of_memory(monkeypatch, free=64 * 2**30):
+    """The count limit is what these tests check, not the RAM of whichever machine runs them."""
+    monkeypatch.setattr(models_module, "free_memory_bytes", lambda device: free)
+
+
+def test_lru_cache_keeps_recent_models_and_evicts_the_oldest(settings, tiny_model_dir, tmp_path, monkeypatch):
+    plenty_of_memory(monkeypatch)
     models = manager(settings, model_cache_size=2)
     second = save_tiny_model(tmp_path / "second", seed=5)
     third = save_tiny_model(tmp_path / "third", seed=6)
@@ -126,6 +133,24 @@ def test_lru_cache_keeps_recent_models_and_evicts_the_oldest(settings, tiny_mode
     assert models.loaded_names() == ["a", "c"] and models.load_count == 3
     assert models.unload() == ["a", "c"] and models.loaded_names() == []
 
+
+def test_low_memory_evicts_loaded_models_before_loading_another(settings, tiny_model_dir, tmp_path, monkeypatch):
+    plenty_of_memory(monkeypatch)
+    models = manager(settings, model_cache_size=4)
+    second = save_tiny_model(tmp_path / "second", seed=5)
+    models.add(str(tiny_model_dir), name="a")
+    models.add(str(second), name="b")
+    models.load("a")
+    plenty_of_memory(monkeypatch, free=1)  # less than the next model needs
+    models.load("b")
+    assert models.loaded_names() == ["b"] and models.load_count == 2
+
+
+def test_available_ram_counts_the_page_cache(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       25000000 kB\nMemFree:          500000 kB\nMemAvailable:   20000000 kB\n")
+    assert available_ram_bytes(str(meminfo)) == 20000000 * 1024
+    assert available_ram_bytes(str(tmp_path / "absent")) > 0
 
 def test_derived_pipelines_share_weights_and_dtype(settings, tiny_model_dir):
     models = ModelManager(settings, Placement(torch.device("cpu"), torch.bfloat16))
