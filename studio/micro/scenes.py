@@ -45,21 +45,53 @@ def tokenize(tokenizer, texts: list[str]) -> np.ndarray:
     return ids.astype(np.int32)
 
 
+# The world draws 1, 2 or 3 objects with equal odds.
+WORLD_SINGLE_OBJECT_SHARE = 1 / 3
+
+
+def multi_object_keep(single_object_share: float | None) -> float:
+    """The share of multi-object scenes to keep so that single-object scenes make up the given share."""
+    if single_object_share is None:
+        return 1.0
+    if not WORLD_SINGLE_OBJECT_SHARE <= single_object_share < 1:
+        raise ValueError(
+            f"--single-object-share must be in [{WORLD_SINGLE_OBJECT_SHARE:.3f}, 1), got {single_object_share}"
+        )
+    s0, s = WORLD_SINGLE_OBJECT_SHARE, single_object_share
+    return s0 * (1 - s) / (s * (1 - s0))
+
+
 class SceneRenderer:
-    """Renders chunks of training scenes: images, control maps and tokenised captions."""
+    """Renders chunks of training scenes: images, control maps and tokenised captions.
 
-    def __init__(self, world, tokenizer):
+    single_object_share (UNet phase only): thin out multi-object scenes so one-object scenes
+    are this share of the pool. One object per caption is where a model first learns which
+    colour word belongs to the object and which to the background.
+    """
+
+    def __init__(self, world, tokenizer, single_object_share: float | None = None):
         self.world, self.tokenizer = world, tokenizer
+        self.keep_multi = multi_object_keep(single_object_share)
 
-    def wanted(self, phase: str, scene) -> bool:
+    def wanted(self, phase: str, scene, seed: int) -> bool:
         # Pose maps are black without a figure: a pose ControlNet learns nothing from those.
-        return phase != "controlnet-pose" or any(o.shape == "figure" for o in scene.objects)
+        if phase == "controlnet-pose":
+            return any(o.shape == "figure" for o in scene.objects)
+        if phase == "unet" and len(scene.objects) > 1 and self.keep_multi < 1:
+            return np.random.default_rng([seed, 7]).random() < self.keep_multi  # by seed: reproducible
+        return True
+
+    def kept_share(self, phase: str) -> float:
+        """The share of a phase's seeds this renderer keeps (for sizing the seed range)."""
+        if phase != "unet":
+            return 1.0
+        return WORLD_SINGLE_OBJECT_SHARE + (1 - WORLD_SINGLE_OBJECT_SHARE) * self.keep_multi
 
     def render_scene(self, phase: str, seed: int) -> tuple | None:
         """(image, control map or None, captions) of one seed's scene, or None if the phase skips it."""
         world = self.world
         scene = world.scene_from_seed(seed)
-        if not self.wanted(phase, scene):
+        if not self.wanted(phase, scene, seed):
             return None
         image = np.asarray(world.render_image(scene).convert("RGB"), dtype=np.uint8)
         control = None
@@ -111,11 +143,12 @@ class SceneRenderer:
 _worker_renderer: SceneRenderer | None = None
 
 
-def _init_worker(world_module: str, tokenizer_dir: str) -> None:
+def _init_worker(world_module: str, tokenizer_dir: str, single_object_share: float | None) -> None:
     global _worker_renderer
     import importlib
 
-    _worker_renderer = SceneRenderer(importlib.import_module(world_module), load_tokenizer(Path(tokenizer_dir)))
+    world = importlib.import_module(world_module)
+    _worker_renderer = SceneRenderer(world, load_tokenizer(Path(tokenizer_dir)), single_object_share)
 
 
 def _render_in_worker(phase: str, start: int, stop: int) -> dict:
@@ -125,7 +158,14 @@ def _render_in_worker(phase: str, start: int, stop: int) -> dict:
 class RenderQueue:
     """Chunks of scenes rendered in worker processes (or lazily in-process with no workers)."""
 
-    def __init__(self, renderer: SceneRenderer, workers: int, world_module: str, tokenizer_dir: Path):
+    def __init__(
+        self,
+        renderer: SceneRenderer,
+        workers: int,
+        world_module: str,
+        tokenizer_dir: Path,
+        single_object_share: float | None = None,
+    ):
         self.renderer = renderer
         self.pool = None
         if workers > 0:
@@ -133,7 +173,7 @@ class RenderQueue:
             # before the parent touches CUDA or runs a torch op (OpenMP does not survive fork).
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
             context = multiprocessing.get_context(method)
-            self.pool = context.Pool(workers, _init_worker, (world_module, str(tokenizer_dir)))
+            self.pool = context.Pool(workers, _init_worker, (world_module, str(tokenizer_dir), single_object_share))
         self.pending: dict[str, list] = {}
 
     def submit(self, phase: str, seeds: range, chunk: int) -> None:

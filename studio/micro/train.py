@@ -68,6 +68,7 @@ from studio.micro.scenes import (
     SceneRenderer,
     load_tokenizer,
     measure_figure_share,
+    multi_object_keep,
     scene_seeds,
     tokenize,
 )
@@ -100,6 +101,7 @@ class RunOptions:
     command: str
     world_module: str = "studio.micro.world"
     init_from: Path | None = None  # an exported model folder (micro-sd) to start from instead of scratch
+    single_object_share: float | None = None  # UNet pool: share of one-object scenes (None: the world's 1/3)
 
 
 class RunContext:
@@ -233,6 +235,12 @@ def parse_args(argv: list[str] | None) -> RunOptions:
         help="start from an exported model folder (micro-sd, with its micro-controlnet-* siblings) instead of "
         "random weights: continue a GPU run on another machine, where its checkpoints are not",
     )
+    parser.add_argument(
+        "--single-object-share",
+        type=float,
+        help="UNet phase: make one-object scenes this share of the pool by skipping some multi-object "
+        "scenes (default: the world's own 1/3)",
+    )
     args = parser.parse_args(argv)
     phases = PHASES if args.phase == "all" else (args.phase,)
     per_phase = {
@@ -290,6 +298,7 @@ def parse_args(argv: list[str] | None) -> RunOptions:
         check_only=args.check_only,
         command=command,
         init_from=args.init_from,
+        single_object_share=args.single_object_share,
     )
 
 
@@ -358,6 +367,11 @@ def validate(options: RunOptions, world, tokenizer) -> list[str]:
             f"tokenizer at {options.tokenizer} has model_max_length {tokenizer.model_max_length}, "
             f"SD pipelines need {CLIP_MAX_LENGTH}"
         )
+    if options.single_object_share is not None:
+        try:
+            multi_object_keep(options.single_object_share)
+        except ValueError as error:
+            problems.append(str(error))
     if options.init_from is not None and not (options.init_from / "model_index.json").is_file():
         problems.append(f"--init-from {options.init_from} is not an exported model folder (no model_index.json)")
     needs_vae = [p for p in options.phases if p != "vae"]
@@ -372,8 +386,12 @@ def validate(options: RunOptions, world, tokenizer) -> list[str]:
                 "finish it with --phase vae --resume"
             )
     control = [p for p in options.phases if p.startswith("controlnet")]
-    if (control and "unet" not in options.phases and options.init_from is None
-            and read_checkpoint_state(options.out, "unet") is None):
+    if (
+        control
+        and "unet" not in options.phases
+        and options.init_from is None
+        and read_checkpoint_state(options.out, "unet") is None
+    ):
         problems.append(f"--phase {control[0]} needs a trained UNet: no checkpoint in {options.out / 'unet'}")
     free = shutil.disk_usage(options.out).free / 1e9
     if free < 2:
@@ -501,9 +519,15 @@ def run(options: RunOptions, world=None) -> dict:
         raise SystemExit("cannot train:\n  " + "\n  ".join(problems))
 
     device = torch.device(options.device)
-    renderer = SceneRenderer(world, tokenizer)
+    renderer = SceneRenderer(world, tokenizer, options.single_object_share)
     # The render workers fork now, before this process runs a torch op or touches CUDA.
-    queue = RenderQueue(renderer, 0 if options.check_only else options.workers, options.world_module, options.tokenizer)
+    queue = RenderQueue(
+        renderer,
+        0 if options.check_only else options.workers,
+        options.world_module,
+        options.tokenizer,
+        options.single_object_share,
+    )
     torch.manual_seed(options.seed)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -570,7 +594,7 @@ def start_rendering(ctx: RunContext, settings: dict[str, PhaseSettings]) -> None
         state = read_checkpoint_state(options.out, name) if options.resume else None
         if state and options.steps is not None and state["step"] >= options.steps:
             continue  # already at its step cap: nothing to render
-        share = figure_share if name == "controlnet-pose" else 1.0
+        share = figure_share if name == "controlnet-pose" else ctx.queue.renderer.kept_share(name)
         ctx.queue.submit(
             name,
             scene_seeds(name, options.seed, settings[name].pool, share),

@@ -187,3 +187,24 @@ def test_total_minutes_are_shared_among_phases_without_their_own():
     assert minutes["vae"] == 1.0
     assert minutes["unet"] > 3 * minutes["controlnet-pose"]
     assert sum(minutes.values()) <= 9.0
+
+
+def test_single_object_share_thins_out_multi_object_scenes_in_the_unet_pool(tokenizer_dir):
+    tokenizer = train.load_tokenizer(tokenizer_dir)
+    natural = train.SceneRenderer(world, tokenizer)
+    enriched = train.SceneRenderer(world, tokenizer, single_object_share=0.5)
+    seeds = train.scene_seeds("unet", 0, 600)
+    kept = [s for s in seeds if enriched.render_scene("unet", s) is not None]
+    singles = [len(world.scene_from_seed(s).objects) == 1 for s in kept]
+    assert 0.42 < np.mean(singles) < 0.58  # asked for 0.5; the world alone gives about 1/3
+    assert 0.6 < len(kept) / len(seeds) < 0.74 and enriched.kept_share("unet") == pytest.approx(2 / 3)
+    # the same seeds are kept on every run, and only the UNet phase is thinned out
+    assert kept == [s for s in seeds if enriched.render_scene("unet", s) is not None]
+    assert all(natural.render_scene("unet", s) is not None for s in seeds[:50])
+    assert all(enriched.render_scene("vae", s) is not None for s in seeds[:50])
+
+
+def test_single_object_share_out_of_range_is_refused_before_training(tmp_path, tokenizer_dir):
+    opts = options(tmp_path, tokenizer_dir, "--phase", "unet", "--steps", "1", "--single-object-share", "0.2")
+    with pytest.raises(SystemExit, match="single-object-share"):
+        train.run(opts, world=world)
