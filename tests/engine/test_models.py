@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from studio.engine.checkpoints import export_single_file, inspect_checkpoint
 from studio.engine import models as models_module
+from studio.engine.checkpoints import export_single_file, inspect_checkpoint
 from studio.engine.devices import Placement, available_ram_bytes
 from studio.engine.models import ModelManager
 from studio.errors import ModelError, NotFound
@@ -20,8 +20,14 @@ def manager(settings, **changes):
 
 
 def pixels(pipe, seed=3):
-    out = pipe(prompt="a blue square", num_inference_steps=2, width=64, height=64, output_type="np",
-               generator=torch.Generator("cpu").manual_seed(seed))
+    out = pipe(
+        prompt="a blue square",
+        num_inference_steps=2,
+        width=64,
+        height=64,
+        output_type="np",
+        generator=torch.Generator("cpu").manual_seed(seed),
+    )
     return out.images[0]
 
 
@@ -151,6 +157,7 @@ def test_available_ram_counts_the_page_cache(tmp_path):
     meminfo.write_text("MemTotal:       25000000 kB\nMemFree:          500000 kB\nMemAvailable:   20000000 kB\n")
     assert available_ram_bytes(str(meminfo)) == 20000000 * 1024
     assert available_ram_bytes(str(tmp_path / "absent")) > 0
+
 
 def test_derived_pipelines_share_weights_and_dtype(settings, tiny_model_dir):
     models = ModelManager(settings, Placement(torch.device("cpu"), torch.bfloat16))
