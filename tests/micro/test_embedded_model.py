@@ -18,10 +18,11 @@ from studio.micro import judge, world
 from studio.requests import ControlRequest, InpaintRequest, OutpaintRequest, Txt2ImgRequest, control_unit
 
 HELD_OUT = 10_000_000 + 5_000
-# The shipped model on these exact 16 prompts x 1 seed measured colour 0.375, shape 0.5625,
-# background 0.46, size 0.70, position 0.0625 (1 of 16: position words are not learned yet, so
-# position has no threshold here; TRAINING.md has the 200-prompt numbers).
-THRESHOLDS = {"colour": 0.3, "shape": 0.45, "background": 0.35, "size": 0.55}
+# The shipped model on these exact 16 prompts x 1 seed measured colour 0.625, shape 0.75,
+# background 0.69 (9 of 13 scored), size 0.90 (9 of 10), position 0 (position words are not
+# learned yet, so position has no threshold here; TRAINING.md has the 200-prompt numbers).
+# Each threshold allows two prompts fewer than measured.
+THRESHOLDS = {"colour": 0.5, "shape": 0.625, "background": 0.53, "size": 0.7}
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +74,10 @@ def palette_shares(image: Image.Image, mask: np.ndarray) -> dict[str, float]:
 def test_inpainting_a_blue_square_puts_blue_in_the_mask_and_keeps_the_rest(embedded):
     """Only-masked inpainting (the mask's region at the model's full resolution), 6 seeds.
 
-    Measured with the shipped model: a blue object appears in the mask for 6 of 6 seeds, but it
-    covers less than half of the mask (the model ignores position words, so it often places
-    the square off-centre in the crop); whole-picture inpainting draws blue in 2 of 6.
+    Measured with the shipped model: blue is the main new colour in the mask for 6 of 6 seeds,
+    covering 8-20% of it (the crop fills the model's whole 128 px canvas and the model ignores
+    position words, so the square is drawn small or off-centre); whole-picture inpainting of the
+    same mask draws blue in 5 of 6, covering 52-62%.
     """
     from studio.engine.imaging import prepare_mask
 
