@@ -53,18 +53,11 @@ def build(settings: Settings | None = None) -> Services:
     history = HistoryStore(database, BlobStore(settings.blobs_dir))
     recovery = history.recover()
     if recovery.interrupted_runs:
-        log.warning(
-            "marked %d run(s) left running by a crash as interrupted: %s",
-            len(recovery.interrupted_runs),
-            recovery.interrupted_runs,
-        )
+        log.warning("marked %d run(s) left running by a crash as interrupted: %s",
+                    len(recovery.interrupted_runs), recovery.interrupted_runs)
     if recovery.orphan_blobs or recovery.missing_blobs or recovery.stray_temp_files:
-        log.warning(
-            "history files: %d without a row, %d rows missing a file, %d half-written temp files",
-            len(recovery.orphan_blobs),
-            len(recovery.missing_blobs),
-            len(recovery.stray_temp_files),
-        )
+        log.warning("history files: %d without a row, %d rows missing a file, %d half-written temp files",
+                    len(recovery.orphan_blobs), len(recovery.missing_blobs), len(recovery.stray_temp_files))
     where = placement(settings.device, settings.precision)
     models = ModelManager(settings, where)
     runner = JobRunner(models, history, settings)

@@ -38,12 +38,8 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, help=described("width") + " Default: the model's native size.")
     parser.add_argument("--height", type=int, help=described("height") + " Default: the model's native size.")
     parser.add_argument("--sampler", default=Txt2ImgRequest.sampler, help="sampler, A1111 name (see `studio samplers`)")
-    parser.add_argument(
-        "--karras",
-        action=argparse.BooleanOptionalAction,
-        default=Txt2ImgRequest.karras,
-        help="Karras sigma schedule where the sampler supports it",
-    )
+    parser.add_argument("--karras", action=argparse.BooleanOptionalAction, default=Txt2ImgRequest.karras,
+                        help="Karras sigma schedule where the sampler supports it")
     parser.add_argument("--batch-size", type=int, default=1, help=described("batch_size"))
     parser.add_argument("--batch-count", type=int, default=1, help=described("batch_count"))
     parser.add_argument("--model", help="model name (see `studio models list`); default: the embedded model")
@@ -51,21 +47,10 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
 
 
 def generation_fields(args) -> dict:
-    return dict(
-        prompt=args.prompt,
-        negative_prompt=args.negative,
-        seed=args.seed,
-        steps=args.steps,
-        cfg_scale=args.cfg,
-        width=args.width,
-        height=args.height,
-        sampler=args.sampler,
-        karras=args.karras,
-        batch_size=args.batch_size,
-        batch_count=args.batch_count,
-        model=args.model,
-        vae=args.vae,
-    )
+    return dict(prompt=args.prompt, negative_prompt=args.negative, seed=args.seed, steps=args.steps,
+                cfg_scale=args.cfg, width=args.width, height=args.height, sampler=args.sampler,
+                karras=args.karras, batch_size=args.batch_size, batch_count=args.batch_count,
+                model=args.model, vae=args.vae)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,19 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     inpaint.add_argument("--mask", type=Path, required=True, help="mask image: white = repaint")
     inpaint.add_argument("--mask-blur", type=int, default=InpaintRequest.mask_blur, help="mask edge blur, pixels")
     inpaint.add_argument("--invert-mask", action="store_true", help="repaint everything except the mask")
-    inpaint.add_argument(
-        "--masked-content", default="original", choices=("original", "fill", "latent-noise", "latent-nothing")
-    )
-    inpaint.add_argument(
-        "--area",
-        default="whole",
-        choices=("whole", "masked"),
-        help="whole picture, or only the masked region at full resolution",
-    )
+    inpaint.add_argument("--masked-content", default="original", choices=("original", "fill", "latent-noise",
+                                                                           "latent-nothing"))
+    inpaint.add_argument("--area", default="whole", choices=("whole", "masked"),
+                         help="whole picture, or only the masked region at full resolution")
     inpaint.add_argument("--padding", type=int, default=InpaintRequest.padding, help="only-masked padding, pixels")
-    inpaint.add_argument(
-        "--strength", type=float, default=InpaintRequest.denoise_strength, help="denoising strength 0..1"
-    )
+    inpaint.add_argument("--strength", type=float, default=InpaintRequest.denoise_strength,
+                         help="denoising strength 0..1")
 
     outpaint = sub.add_parser("outpaint", help="extend an image's canvas and paint the new area")
     _common(outpaint)
@@ -118,20 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     control = sub.add_parser("control", help="generate guided by ControlNet units (pose, depth)")
     _common(control)
     add_generation_options(control)
-    control.add_argument(
-        "--unit",
-        action="append",
-        required=True,
-        metavar="KEY=VALUE,...",
-        help="a control unit: type=pose|depth, then image=FILE (photo or map), or pose-json=FILE, "
-        "or preset=NAME; preprocess=true|false, weight=0..2, start=0..1, end=0..1, "
-        "guess=true|false, model=NAME, hands=true|false and face=true|false (pose "
-        "preprocessing with OpenPose). Repeat for more units.",
-    )
+    control.add_argument("--unit", action="append", required=True, metavar="KEY=VALUE,...",
+                         help="a control unit: type=pose|depth, then image=FILE (photo or map), or pose-json=FILE, "
+                              "or preset=NAME; preprocess=true|false, weight=0..2, start=0..1, end=0..1, "
+                              "guess=true|false, model=NAME, hands=true|false and face=true|false (pose "
+                              "preprocessing with OpenPose). Repeat for more units.")
     control.add_argument("--init-image", type=Path, help="img2img with controls: start from this image")
-    control.add_argument(
-        "--strength", type=float, default=ControlRequest.denoise_strength, help="denoising strength with --init-image"
-    )
+    control.add_argument("--strength", type=float, default=ControlRequest.denoise_strength,
+                         help="denoising strength with --init-image")
 
     history = sub.add_parser("history", help="browse, show, re-run, star, delete past runs")
     hsub = history.add_subparsers(dest="action", required=True)
@@ -142,13 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--model")
     listing.add_argument("--starred", action="store_true")
     listing.add_argument("--limit", type=int, default=20)
-    for name, help_text in (
-        ("show", "every parameter of a run"),
-        ("rerun", "run it again (same seeds)"),
-        ("delete", "remove a run and the files only it uses"),
-        ("star", "star a run"),
-        ("unstar", "remove the star"),
-    ):
+    for name, help_text in (("show", "every parameter of a run"), ("rerun", "run it again (same seeds)"),
+                            ("delete", "remove a run and the files only it uses"), ("star", "star a run"),
+                            ("unstar", "remove the star")):
         action = hsub.add_parser(name, help=help_text)
         _common(action)
         action.add_argument("run_id", type=int)
@@ -184,9 +153,8 @@ def read_image(path: Path, field: str):
             image.load()
             return image
     except (OSError, UnidentifiedImageError) as error:
-        raise InputError(
-            f"cannot read {path} as an image ({error.__class__.__name__}); give a PNG or JPEG", field=field
-        ) from error
+        raise InputError(f"cannot read {path} as an image ({error.__class__.__name__}); give a PNG or JPEG",
+                         field=field) from error
 
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
@@ -218,10 +186,8 @@ def parse_unit(text: str, index: int, size: tuple[int, int]) -> dict:
 
             if key == "preset":
                 if value not in openpose.POSE_PRESETS:
-                    raise InputError(
-                        f"unknown preset {value!r}; choose one of {', '.join(openpose.POSE_PRESETS)}",
-                        field=f"{field}.preset",
-                    )
+                    raise InputError(f"unknown preset {value!r}; choose one of {', '.join(openpose.POSE_PRESETS)}",
+                                     field=f"{field}.preset")
                 poses, width, height = [openpose.preset_pose(value, *size)], *size
             else:
                 poses, width, height = read_pose_json(value)
@@ -230,11 +196,8 @@ def parse_unit(text: str, index: int, size: tuple[int, int]) -> dict:
         elif key in ("type", "model"):
             values[key] = value
         else:
-            raise InputError(
-                f"unknown key {key!r}; use type, image, pose-json, preset, preprocess, weight, start, "
-                "end, guess, model, hands, face",
-                field=field,
-            )
+            raise InputError(f"unknown key {key!r}; use type, image, pose-json, preset, preprocess, weight, start, "
+                             "end, guess, model, hands, face", field=field)
     return control_unit(**values)
 
 
@@ -242,30 +205,14 @@ def build_request(args):
     """The request a generating command describes."""
     fields = generation_fields(args)
     if args.command == "inpaint":
-        return InpaintRequest(
-            **fields,
-            image=read_image(args.image, "image"),
-            mask=read_image(args.mask, "mask"),
-            mask_blur=args.mask_blur,
-            invert_mask=args.invert_mask,
-            masked_content=args.masked_content.replace("-", " "),
-            inpaint_area=args.area,
-            padding=args.padding,
-            denoise_strength=args.strength,
-        )
+        return InpaintRequest(**fields, image=read_image(args.image, "image"), mask=read_image(args.mask, "mask"),
+                              mask_blur=args.mask_blur, invert_mask=args.invert_mask,
+                              masked_content=args.masked_content.replace("-", " "), inpaint_area=args.area,
+                              padding=args.padding, denoise_strength=args.strength)
     if args.command == "outpaint":
-        return OutpaintRequest(
-            **fields,
-            image=read_image(args.image, "image"),
-            left=args.left,
-            right=args.right,
-            top=args.top,
-            bottom=args.bottom,
-            infill=args.infill,
-            overlap=args.overlap,
-            feather=args.feather,
-            denoise_strength=args.strength,
-        )
+        return OutpaintRequest(**fields, image=read_image(args.image, "image"), left=args.left, right=args.right,
+                               top=args.top, bottom=args.bottom, infill=args.infill, overlap=args.overlap,
+                               feather=args.feather, denoise_strength=args.strength)
     if args.command == "control":
         size = (args.width or 512, args.height or 512)
         units = tuple(parse_unit(text, index, size) for index, text in enumerate(args.unit))
@@ -290,73 +237,37 @@ def _emit(args, payload, text: str) -> None:
 
 
 def run_summary(result) -> dict:
-    return {
-        "run_id": result.run_id,
-        "status": result.status,
-        "seed": result.request.seed,
-        "seeds": result.seeds,
-        "outputs": [str(ref.path) for ref in result.outputs],
-        "duration_s": round(result.duration_s, 3),
-    }
+    return {"run_id": result.run_id, "status": result.status, "seed": result.request.seed,
+            "seeds": result.seeds, "outputs": [str(ref.path) for ref in result.outputs],
+            "duration_s": round(result.duration_s, 3)}
 
 
 def record_summary(record, full: bool = False) -> dict:
-    data = {
-        "run_id": record.id,
-        "created_at": record.created_at.isoformat(),
-        "status": record.status,
-        "mode": record.mode,
-        "model": record.model_name,
-        "model_hash": record.short_hash,
-        "prompt": record.prompt,
-        "seed": record.seed,
-        "sampler": record.sampler,
-        "steps": record.steps,
-        "cfg_scale": record.cfg_scale,
-        "size": f"{record.width}x{record.height}",
-        "starred": record.starred,
-        "outputs": [str(ref.path) for ref in record.outputs],
-    }
+    data = {"run_id": record.id, "created_at": record.created_at.isoformat(), "status": record.status,
+            "mode": record.mode, "model": record.model_name, "model_hash": record.short_hash,
+            "prompt": record.prompt, "seed": record.seed, "sampler": record.sampler, "steps": record.steps,
+            "cfg_scale": record.cfg_scale, "size": f"{record.width}x{record.height}",
+            "starred": record.starred, "outputs": [str(ref.path) for ref in record.outputs]}
     if full:
-        data.update(
-            negative_prompt=record.negative_prompt,
-            karras=record.karras,
-            seeds=record.seeds,
-            batch_size=record.batch_size,
-            batch_count=record.batch_count,
-            vae=record.vae,
-            scheduler=record.scheduler,
-            params=record.params,
-            error=record.error,
-            duration_s=record.duration_s,
-            timings=record.timings,
-            device=record.device,
-            dtype=record.dtype,
-            versions=record.versions,
-            parent_id=record.parent_id,
-            rerun_of=record.rerun_of,
-            model_hash_full=record.model_hash,
-            inputs={ref.name: str(ref.path) for ref in record.inputs},
-            output_seeds=[ref.seed for ref in record.outputs],
-        )
+        data.update(negative_prompt=record.negative_prompt, karras=record.karras, seeds=record.seeds,
+                    batch_size=record.batch_size, batch_count=record.batch_count, vae=record.vae,
+                    scheduler=record.scheduler, params=record.params, error=record.error,
+                    duration_s=record.duration_s, timings=record.timings, device=record.device,
+                    dtype=record.dtype, versions=record.versions, parent_id=record.parent_id,
+                    rerun_of=record.rerun_of, model_hash_full=record.model_hash,
+                    inputs={ref.name: str(ref.path) for ref in record.inputs},
+                    output_seeds=[ref.seed for ref in record.outputs])
     return data
 
 
 def _history(args, services) -> None:
     history, runner = services.history, services.runner
     if args.action == "list":
-        rows = history.search(
-            args.search, mode=args.mode, model=args.model, starred=True if args.starred else None, limit=args.limit
-        )
+        rows = history.search(args.search, mode=args.mode, model=args.model,
+                              starred=True if args.starred else None, limit=args.limit)
         data = [record_summary(r) for r in rows]
-        text = (
-            "\n".join(
-                f"{r['run_id']:>5}  {r['status']:<11} {r['mode']:<8} {r['model']:<20} "
-                f"seed {r['seed']:<10} {r['prompt'][:60]}"
-                for r in data
-            )
-            or "no runs"
-        )
+        text = "\n".join(f"{r['run_id']:>5}  {r['status']:<11} {r['mode']:<8} {r['model']:<20} "
+                         f"seed {r['seed']:<10} {r['prompt'][:60]}" for r in data) or "no runs"
         _emit(args, data, text)
     elif args.action == "show":
         data = record_summary(history.get(args.run_id), full=True)

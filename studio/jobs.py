@@ -61,28 +61,18 @@ def library_versions() -> dict:
     import torch
     import transformers
 
-    return {
-        "studio": __version__,
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-    }
+    return {"studio": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__}
 
 
 class JobRunner:
-    def __init__(
-        self,
-        models: ModelManager,
-        history: HistoryStore,
-        settings: Settings,
-        preprocessors: Preprocessors | None = None,
-    ):
+    def __init__(self, models: ModelManager, history: HistoryStore, settings: Settings,
+                 preprocessors: Preprocessors | None = None):
         self.models = models
         self.history = history
         self.settings = settings
-        self.preprocessors = preprocessors or Preprocessors(
-            settings.annotators_dir, settings.offline, models.placement.device, settings.pose_detector
-        )
+        self.preprocessors = preprocessors or Preprocessors(settings.annotators_dir, settings.offline,
+                                                            models.placement.device, settings.pose_detector)
         # One device, one job at a time, whether the UI, the API or the CLI asked.
         self._device_lock = threading.Lock()
         self._current: CancelToken | None = None
@@ -105,11 +95,8 @@ class JobRunner:
         request = resolve_seed(request)
         pixels = request.width * request.height
         if pixels > self.settings.max_pixels:
-            raise InputError(
-                f"{request.width}x{request.height} is {pixels:,} pixels, over the limit of "
-                f"{self.settings.max_pixels:,} (STUDIO_MAX_PIXELS); use a smaller size",
-                field="width",
-            )
+            raise InputError(f"{request.width}x{request.height} is {pixels:,} pixels, over the limit of "
+                             f"{self.settings.max_pixels:,} (STUDIO_MAX_PIXELS); use a smaller size", field="width")
         if request.sampler and request.karras and not supports_karras(request.sampler):
             request = dataclasses.replace(request, karras=False)
         return request
@@ -121,13 +108,8 @@ class JobRunner:
             token.cancel()
         return token is not None
 
-    def run(
-        self,
-        request,
-        on_progress: Callable[[Progress], None] | None = None,
-        cancel: CancelToken | None = None,
-        rerun_of: int | None = None,
-    ) -> RunResult:
+    def run(self, request, on_progress: Callable[[Progress], None] | None = None,
+            cancel: CancelToken | None = None, rerun_of: int | None = None) -> RunResult:
         notices: list[str] = []
         request = self.prepare(request, notices)
         mode = generate.MODES[request.mode]
@@ -174,61 +156,37 @@ class JobRunner:
                 preview = None
                 if previews and info.latents is not None and (info.step % every == 0 or info.step == info.total_steps):
                     preview = previews(info.latents)
-                on_progress(
-                    Progress(
-                        info.fraction,
-                        f"image batch {info.batch_index + 1}/{info.batch_count}, step {info.step}/{info.total_steps}",
-                        preview,
-                    )
-                )
+                on_progress(Progress(info.fraction, f"image batch {info.batch_index + 1}/{info.batch_count}, "
+                                                    f"step {info.step}/{info.total_steps}", preview))
 
             sample_started = time.perf_counter()
             try:
-                outcome = generate.run(
-                    pipe,
-                    request,
-                    mode,
-                    on_step=on_step,
-                    cancel=cancel,
-                    context={"model": model, "settings": self.settings, "pipe": pipe},
-                )
+                outcome = generate.run(pipe, request, mode, on_step=on_step, cancel=cancel,
+                                       context={"model": model, "settings": self.settings, "pipe": pipe})
             except torch.OutOfMemoryError as error:
                 self.models.release_memory()
-                raise ModelError(
-                    f"the device ran out of memory at {request.width}x{request.height} with batch "
-                    f"size {request.batch_size}; use a smaller size or batch, or lower "
-                    "STUDIO_MAX_PIXELS",
-                    field="width",
-                ) from error
+                raise ModelError(f"the device ran out of memory at {request.width}x{request.height} with batch "
+                                 f"size {request.batch_size}; use a smaller size or batch, or lower "
+                                 "STUDIO_MAX_PIXELS", field="width") from error
             sample_s = time.perf_counter() - sample_started
             infotexts = [self.infotext(request, model, seed) for seed in outcome.seeds]
-            outputs = [
-                (image, seed, text, self._image_request_json(request, seed))
-                for image, seed, text in zip(outcome.images, outcome.seeds, infotexts)
-            ]
+            outputs = [(image, seed, text, self._image_request_json(request, seed))
+                       for image, seed, text in zip(outcome.images, outcome.seeds, infotexts)]
             status = "interrupted" if outcome.cancelled else "done"
             duration = time.perf_counter() - started
             refs = self.history.finish(
-                run_id,
-                outputs,
-                status=status,
-                duration_s=duration,
-                timings={
-                    "load_s": round(load_s, 4),
-                    "sample_s": round(sample_s, 4),
-                    "per_image_s": round(sample_s / max(1, len(outcome.images)), 4),
-                },
-                error="interrupted by the user" if outcome.cancelled else None,
-            )
+                run_id, outputs, status=status, duration_s=duration,
+                timings={"load_s": round(load_s, 4), "sample_s": round(sample_s, 4),
+                         "per_image_s": round(sample_s / max(1, len(outcome.images)), 4)},
+                error="interrupted by the user" if outcome.cancelled else None)
         except BaseException as error:
             message = str(error) if isinstance(error, StudioError) else f"{type(error).__name__}: {error}"
             self.history.fail(run_id, message, time.perf_counter() - started)
             raise
         if on_progress is not None:
             on_progress(Progress(1.0, "interrupted" if outcome.cancelled else "done"))
-        return RunResult(
-            run_id, status, request, outcome.seeds, outcome.images, refs, infotexts, time.perf_counter() - started
-        )
+        return RunResult(run_id, status, request, outcome.seeds, outcome.images, refs, infotexts,
+                         time.perf_counter() - started)
 
     def _vae_tiling(self, pipe, request) -> None:
         # Large canvases decode tile by tile so memory stays bounded instead of running out.
@@ -241,29 +199,13 @@ class JobRunner:
         if self._versions is None:
             self._versions = library_versions()
         return dict(
-            mode=request.mode,
-            model_name=model.entry.name,
-            model_hash=model.model_hash,
-            vae=request.vae,
-            sampler=request.sampler,
-            karras=request.karras,
-            scheduler=describe_scheduler(pipe.scheduler),
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            seed=request.seed,
-            seeds=request.seeds(),
-            steps=request.steps,
-            cfg_scale=request.cfg_scale,
-            width=request.width,
-            height=request.height,
-            batch_size=request.batch_size,
-            batch_count=request.batch_count,
-            params=params,
-            device=self.models.placement.description,
-            dtype=self.models.placement.dtype_name,
-            versions=self._versions,
-            parent_id=request.parent_run_id,
-            rerun_of=rerun_of,
+            mode=request.mode, model_name=model.entry.name, model_hash=model.model_hash, vae=request.vae,
+            sampler=request.sampler, karras=request.karras, scheduler=describe_scheduler(pipe.scheduler),
+            prompt=request.prompt, negative_prompt=request.negative_prompt, seed=request.seed,
+            seeds=request.seeds(), steps=request.steps, cfg_scale=request.cfg_scale, width=request.width,
+            height=request.height, batch_size=request.batch_size, batch_count=request.batch_count,
+            params=params, device=self.models.placement.description, dtype=self.models.placement.dtype_name,
+            versions=self._versions, parent_id=request.parent_run_id, rerun_of=rerun_of,
         )
 
     # -- parameters in and out of PNGs ------------------------------------------------------
@@ -297,7 +239,8 @@ class JobRunner:
         if studio_params and studio_params.get("mode") in REQUEST_TYPES:
             return from_record(studio_params, {})
         if not text:
-            raise InputError("this image carries no generation parameters (no PNG 'parameters' text)", field="image")
+            raise InputError("this image carries no generation parameters (no PNG 'parameters' text)",
+                             field="image")
         parsed = parse_infotext(text)
         fields = {f.name for f in dataclasses.fields(Txt2ImgRequest)}
         values = {k: v for k, v in parsed.items() if k in fields}

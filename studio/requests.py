@@ -19,15 +19,8 @@ from studio.errors import InputError
 MAX_SEED = 2**32 - 1
 
 
-def spec(
-    default: Any,
-    label: str,
-    *,
-    min: float | None = None,
-    max: float | None = None,
-    step: float | None = None,
-    help: str = "",
-) -> Any:
+def spec(default: Any, label: str, *, min: float | None = None, max: float | None = None,
+         step: float | None = None, help: str = "") -> Any:
     """A dataclass field carrying its UI label, range and step."""
     return field(default=default, metadata={"label": label, "min": min, "max": max, "step": step, "help": help})
 
@@ -109,9 +102,8 @@ def validate(request: Any) -> Any:
             lower = max(64, value - value % 8)
             raise InputError(f"{value} is not a multiple of 8; use {lower} or {lower + 8}", field=name)
     if request.sampler not in SAMPLER_NAMES:
-        raise InputError(
-            f"unknown sampler {request.sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}", field="sampler"
-        )
+        raise InputError(f"unknown sampler {request.sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}",
+                         field="sampler")
     extra = getattr(request, "validate_mode", None)
     if extra is not None:
         extra()
@@ -187,11 +179,8 @@ def _check_choice(request: Any, name: str, choices: tuple[str, ...]) -> None:
 def _check_denoising_steps(request: Any) -> None:
     """img2img-style runs do steps x strength steps (as A1111 and diffusers); at least one is needed."""
     if int(request.steps * request.denoise_strength) < 1:
-        raise InputError(
-            f"{request.denoise_strength:g} x {request.steps} steps leaves no denoising step; raise "
-            "the strength or the steps",
-            field="denoise_strength",
-        )
+        raise InputError(f"{request.denoise_strength:g} x {request.steps} steps leaves no denoising step; raise "
+                         "the strength or the steps", field="denoise_strength")
 
 
 def _check_image(request: Any, name: str) -> None:
@@ -218,9 +207,7 @@ class InpaintRequest(Txt2ImgRequest):
     mask_blur: int = spec(4, "Mask blur", min=0, max=64, step=1, help="pixels of Gaussian blur on the mask edge")
     invert_mask: bool = spec(False, "Inpaint not masked", help="repaint everything except the mask")
     masked_content: str = spec("original", "Masked content", help="what the masked area starts from")
-    inpaint_area: str = spec(
-        "whole", "Inpaint area", help="whole picture, or only the masked region at full resolution"
-    )
+    inpaint_area: str = spec("whole", "Inpaint area", help="whole picture, or only the masked region at full resolution")
     padding: int = spec(32, "Only masked padding, pixels", min=0, max=256, step=4)
     denoise_strength: float = spec(0.75, "Denoising strength", min=0.0, max=1.0, step=0.01)
 
@@ -245,12 +232,8 @@ class OutpaintRequest(Txt2ImgRequest):
     top: int = spec(0, "Extend top", min=0, max=2048, step=8)
     bottom: int = spec(0, "Extend bottom", min=0, max=2048, step=8)
     infill: str = spec("telea", "Infill", help="how the new area is pre-filled before diffusion")
-    overlap: int = spec(
-        16, "Overlap, pixels", min=0, max=256, step=8, help="band of the original repainted for a seamless join"
-    )
-    feather: int = spec(
-        16, "Feather, pixels", min=0, max=256, step=8, help="soft ramp of the mask inside the overlap band"
-    )
+    overlap: int = spec(16, "Overlap, pixels", min=0, max=256, step=8, help="band of the original repainted for a seamless join")
+    feather: int = spec(16, "Feather, pixels", min=0, max=256, step=8, help="soft ramp of the mask inside the overlap band")
     denoise_strength: float = spec(0.85, "Denoising strength", min=0.0, max=1.0, step=0.01)
 
     def validate_mode(self) -> None:
@@ -260,32 +243,20 @@ class OutpaintRequest(Txt2ImgRequest):
         for side in ("left", "right", "top", "bottom"):
             if getattr(self, side) % 8:
                 value = getattr(self, side)
-                raise InputError(
-                    f"{value} is not a multiple of 8; use {value - value % 8} or {value - value % 8 + 8}", field=side
-                )
+                raise InputError(f"{value} is not a multiple of 8; use {value - value % 8} or "
+                                 f"{value - value % 8 + 8}", field=side)
         if not (self.left or self.right or self.top or self.bottom):
-            raise InputError(
-                "all four sides are 0; set at least one side (left, right, top, bottom) to extend", field="extend"
-            )
+            raise InputError("all four sides are 0; set at least one side (left, right, top, bottom) to extend",
+                             field="extend")
 
 
 CONTROL_TYPES = ("pose", "depth")
 MAX_CONTROL_UNITS = 3
 # One control unit's keys, their defaults and ranges (a unit is a plain dict so it can hold images).
-CONTROL_UNIT_DEFAULTS = {
-    "type": "pose",
-    "image": None,
-    "preprocess": True,
-    "map": None,
-    "weight": 1.0,
-    "start": 0.0,
-    "end": 1.0,
-    "guess_mode": False,
-    "model": None,
-    # pose preprocessing: also detect hands / face (A1111's openpose_hand, _face, _full)
-    "hands": False,
-    "face": False,
-}
+CONTROL_UNIT_DEFAULTS = {"type": "pose", "image": None, "preprocess": True, "map": None, "weight": 1.0,
+                         "start": 0.0, "end": 1.0, "guess_mode": False, "model": None,
+                         # pose preprocessing: also detect hands / face (A1111's openpose_hand, _face, _full)
+                         "hands": False, "face": False}
 CONTROL_WEIGHT_RANGE = (0.0, 2.0)
 
 
@@ -298,9 +269,8 @@ def _check_unit(index: int, unit: dict) -> None:
     where = f"units[{index}]"
     unknown = set(unit) - set(CONTROL_UNIT_DEFAULTS)
     if unknown:
-        raise InputError(
-            f"unknown setting(s) {', '.join(sorted(unknown))}; use {', '.join(CONTROL_UNIT_DEFAULTS)}", field=where
-        )
+        raise InputError(f"unknown setting(s) {', '.join(sorted(unknown))}; use {', '.join(CONTROL_UNIT_DEFAULTS)}",
+                         field=where)
     if unit.get("type") not in CONTROL_TYPES:
         raise InputError(f"type {unit.get('type')!r} is not one of {', '.join(CONTROL_TYPES)}", field=f"{where}.type")
     picture = unit.get("map") if unit.get("map") is not None else unit.get("image")
@@ -326,9 +296,7 @@ class ControlRequest(Txt2ImgRequest):
 
     mode: ClassVar[str] = "control"
 
-    units: tuple = spec(
-        (), "Control units", help="each: type, image or map, preprocess, weight, start, end, guess mode, model"
-    )
+    units: tuple = spec((), "Control units", help="each: type, image or map, preprocess, weight, start, end, guess mode, model")
     init_image: Image.Image | None = spec(None, "Init image", help="img2img with controls when given")
     denoise_strength: float = spec(0.75, "Denoising strength", min=0.0, max=1.0, step=0.01)
 

@@ -85,4 +85,7 @@ class Settings(BaseSettings):
 
 def describe_settings() -> list[tuple[str, object, str]]:
     """(name, default, help) of every setting: drives --help text and the README table."""
-    return [(name, field.default, field.description or "") for name, field in Settings.model_fields.items()]
+    return [
+        (name, field.default, field.description or "")
+        for name, field in Settings.model_fields.items()
+    ]

@@ -7,12 +7,8 @@ from pathlib import Path
 
 import pytest
 
-for key, value in {
-    "HF_HUB_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "GRADIO_ANALYTICS_ENABLED": "False",
-    "DO_NOT_TRACK": "1",
-}.items():
+for key, value in {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+                   "GRADIO_ANALYTICS_ENABLED": "False", "DO_NOT_TRACK": "1"}.items():
     os.environ.setdefault(key, value)
 
 TINY = "tiny"
@@ -39,14 +35,8 @@ def settings(tmp_path):
 
     # annotators in a temp folder too: weights a developer keeps in ./models/annotators must not
     # change which preprocessor a test gets
-    return Settings(
-        data_dir=tmp_path / "data",
-        models_dir=tmp_path / "models",
-        default_model=TINY,
-        device="cpu",
-        preview_every=1,
-        annotators_dir=tmp_path / "annotators",
-    )
+    return Settings(data_dir=tmp_path / "data", models_dir=tmp_path / "models", default_model=TINY,
+                    device="cpu", preview_every=1, annotators_dir=tmp_path / "annotators")
 
 
 @pytest.fixture

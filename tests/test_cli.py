@@ -31,26 +31,8 @@ def cli(tmp_path, tiny_model_dir, capsys, monkeypatch):
 
 
 def test_generate_prints_run_seed_and_outputs(cli):
-    code, out, err = cli(
-        "generate",
-        "--prompt",
-        "a red circle",
-        "--seed",
-        "11",
-        "--steps",
-        "2",
-        "--width",
-        "64",
-        "--height",
-        "72",
-        "--batch-size",
-        "2",
-        "--model",
-        "tiny",
-        "--sampler",
-        "Euler a",
-        "--json",
-    )
+    code, out, err = cli("generate", "--prompt", "a red circle", "--seed", "11", "--steps", "2", "--width", "64",
+                         "--height", "72", "--batch-size", "2", "--model", "tiny", "--sampler", "Euler a", "--json")
     assert code == 0, err
     data = json.loads(out)
     assert data["seed"] == 11 and data["seeds"] == [11, 12] and data["status"] == "done"
@@ -121,9 +103,8 @@ def test_models_list_and_bad_add(cli, tmp_path):
 def test_export_then_add_a_single_file(cli, tmp_path, tiny_model_dir):
     code, out, err = cli("models", "export", "tiny", str(tmp_path / "tiny.safetensors"), "--json")
     assert code == 0, err
-    code, out, err = cli(
-        "models", "add", json.loads(out)["path"], "--name", "tiny-file", "--config", str(tiny_model_dir), "--json"
-    )
+    code, out, err = cli("models", "add", json.loads(out)["path"], "--name", "tiny-file", "--config",
+                         str(tiny_model_dir), "--json")
     assert code == 0 and json.loads(out)["family"] == "sd1"
     code, out, err = cli("generate", "--prompt", "x", "--steps", "2", "--model", "tiny-file", "--json")
     assert code == 0, err
@@ -131,9 +112,8 @@ def test_export_then_add_a_single_file(cli, tmp_path, tiny_model_dir):
 
 def test_real_process_entry_point(tmp_path, tiny_model_dir):
     env = dict(os.environ, STUDIO_DATA_DIR=str(tmp_path / "data"), STUDIO_DEVICE="cpu")
-    run = lambda *args: subprocess.run(
-        [sys.executable, "-m", "studio", *args], capture_output=True, text=True, env=env, timeout=300
-    )
+    run = lambda *args: subprocess.run([sys.executable, "-m", "studio", *args], capture_output=True, text=True,
+                                       env=env, timeout=300)
     assert run("models", "add", str(tiny_model_dir), "--name", "tiny").returncode == 0
     done = run("generate", "--prompt", "a dot", "--steps", "2", "--model", "tiny", "--seed", "5", "--json")
     assert done.returncode == 0, done.stderr
@@ -157,48 +137,17 @@ def test_inpaint_and_outpaint_commands(cli, tmp_path):
     mask = Image.new("L", (96, 64), 0)
     mask.paste(255, (10, 10, 40, 40))
     mask.save(tmp_path / "mask.png")
-    code, out, err = cli(
-        "inpaint",
-        "--image",
-        str(image),
-        "--mask",
-        str(tmp_path / "mask.png"),
-        "--prompt",
-        "a dot",
-        "--steps",
-        "2",
-        "--model",
-        "tiny",
-        "--seed",
-        "4",
-        "--masked-content",
-        "latent-noise",
-        "--mask-blur",
-        "0",
-        "--json",
-    )
+    code, out, err = cli("inpaint", "--image", str(image), "--mask", str(tmp_path / "mask.png"), "--prompt", "a dot",
+                         "--steps", "2", "--model", "tiny", "--seed", "4", "--masked-content", "latent-noise",
+                         "--mask-blur", "0", "--json")
     assert code == 0, err
     data = json.loads(out)
     result = np.array(Image.open(data["outputs"][0]).convert("RGB"))
     original = np.array(Image.open(image))
     assert result.shape == original.shape
     assert np.array_equal(result[45:], original[45:])  # far below the mask: untouched
-    code, out, err = cli(
-        "outpaint",
-        "--image",
-        data["outputs"][0],
-        "--left",
-        "16",
-        "--bottom",
-        "8",
-        "--prompt",
-        "more",
-        "--steps",
-        "2",
-        "--model",
-        "tiny",
-        "--json",
-    )
+    code, out, err = cli("outpaint", "--image", data["outputs"][0], "--left", "16", "--bottom", "8", "--prompt",
+                         "more", "--steps", "2", "--model", "tiny", "--json")
     assert code == 0, err
     extended = json.loads(out)
     assert Image.open(extended["outputs"][0]).size == (96 + 16, 64 + 8)
@@ -213,9 +162,7 @@ def test_inpaint_bad_inputs(cli, tmp_path):
     common = ("--prompt", "x", "--steps", "2", "--model", "tiny")
     code, _, err = cli("inpaint", "--image", str(image), "--mask", str(tmp_path / "empty.png"), *common)
     assert code == 2 and err.startswith("error: mask: nothing is painted")
-    code, _, err = cli(
-        "inpaint", "--image", str(tmp_path / "notes.txt"), "--mask", str(tmp_path / "empty.png"), *common
-    )
+    code, _, err = cli("inpaint", "--image", str(tmp_path / "notes.txt"), "--mask", str(tmp_path / "empty.png"), *common)
     assert code == 2 and err.startswith("error: image: cannot read")
     code, _, err = cli("outpaint", "--image", str(image), *common)
     assert code == 2 and err.startswith("error: extend: all four sides are 0")
@@ -232,24 +179,10 @@ def test_control_command_with_two_units(cli, tmp_path, tiny_model_dir):
     save_tiny_controlnet(controlnets / "tiny-depth", seed=2)
     (tmp_path / "pose.json").write_text(json.dumps(pose_to_openpose_json([preset_pose("waving", 64, 64)], 64, 64)))
     Image.new("RGB", (64, 64), (30, 30, 30)).save(tmp_path / "depth.png")
-    code, out, err = cli(
-        "control",
-        "--unit",
-        f"type=pose,pose-json={tmp_path / 'pose.json'},weight=0.8",
-        "--unit",
-        f"type=depth,image={tmp_path / 'depth.png'},preprocess=false,guess=true,end=0.5",
-        "--prompt",
-        "a figure",
-        "--steps",
-        "2",
-        "--model",
-        "tiny",
-        "--width",
-        "64",
-        "--height",
-        "64",
-        "--json",
-    )
+    code, out, err = cli("control", "--unit", f"type=pose,pose-json={tmp_path / 'pose.json'},weight=0.8",
+                         "--unit", f"type=depth,image={tmp_path / 'depth.png'},preprocess=false,guess=true,end=0.5",
+                         "--prompt", "a figure", "--steps", "2", "--model", "tiny", "--width", "64", "--height", "64",
+                         "--json")
     assert code == 0, err
     run = json.loads(out)
     code, out, _ = cli("history", "show", str(run["run_id"]), "--json")
@@ -258,16 +191,13 @@ def test_control_command_with_two_units(cli, tmp_path, tiny_model_dir):
     assert units[0]["weight"] == 0.8 and units[1]["end"] == 0.5
 
 
-@pytest.mark.parametrize(
-    ("unit", "field"),
-    [
-        ("type=normal,preset=standing", "units[0].type"),
-        ("type=pose,preset=standing,weight=5", "units[0].weight"),
-        ("type=pose,preset=flying", "units[0].preset"),
-        ("type=pose,colour=red", "units[0]"),
-        ("type=pose,preset=standing,hands=maybe", "units[0].hands"),
-    ],
-)
+@pytest.mark.parametrize(("unit", "field"), [
+    ("type=normal,preset=standing", "units[0].type"),
+    ("type=pose,preset=standing,weight=5", "units[0].weight"),
+    ("type=pose,preset=flying", "units[0].preset"),
+    ("type=pose,colour=red", "units[0]"),
+    ("type=pose,preset=standing,hands=maybe", "units[0].hands"),
+])
 def test_control_bad_units(cli, unit, field):
     code, _, err = cli("control", "--unit", unit, "--prompt", "x", "--steps", "2", "--model", "tiny")
     assert code == 2 and err.startswith(f"error: {field}")

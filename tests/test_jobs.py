@@ -19,9 +19,8 @@ from studio.requests import Txt2ImgRequest
 
 def test_txt2img_run_is_recorded_with_every_input(services):
     steps = []
-    result = services.runner.run(
-        fast_request(batch_size=2, negative_prompt="blurry", sampler="DPM++ 2M"), on_progress=steps.append
-    )
+    result = services.runner.run(fast_request(batch_size=2, negative_prompt="blurry", sampler="DPM++ 2M"),
+                                 on_progress=steps.append)
     assert result.status == "done" and result.seeds == [1234, 1235]
     assert len(result.images) == 2 and result.images[0].size == (64, 64)
     assert result.images[0].tobytes() != result.images[1].tobytes()
@@ -88,13 +87,8 @@ def test_interrupt_keeps_finished_images_and_marks_the_run(services):
 
 def test_bad_input_records_nothing_and_the_runner_keeps_working(services):
     before = services.history.count()
-    for bad in (
-        fast_request(width=0),
-        fast_request(width=100),
-        fast_request(steps=0),
-        fast_request(steps=10_000),
-        fast_request(sampler="Karras Z"),
-    ):
+    for bad in (fast_request(width=0), fast_request(width=100), fast_request(steps=0),
+                fast_request(steps=10_000), fast_request(sampler="Karras Z")):
         with pytest.raises(InputError):
             services.runner.run(bad)
     with pytest.raises(NotFound) as error:
@@ -145,11 +139,8 @@ def test_pngs_restore_their_parameters(services):
 
 def test_a1111_png_restores_its_parameters(services, tmp_path):
     info = PngImagePlugin.PngInfo()
-    info.add_text(
-        "parameters",
-        "a lighthouse\nNegative prompt: fog\nSteps: 31, Sampler: DPM++ 2M Karras, "
-        "CFG scale: 5.5, Seed: 99, Size: 512x640, Model hash: 0123456789, Model: sd15",
-    )
+    info.add_text("parameters", "a lighthouse\nNegative prompt: fog\nSteps: 31, Sampler: DPM++ 2M Karras, "
+                                "CFG scale: 5.5, Seed: 99, Size: 512x640, Model hash: 0123456789, Model: sd15")
     path = tmp_path / "a1111.png"
     Image.new("RGB", (8, 8)).save(path, pnginfo=info)
     request = services.runner.request_from_png(Image.open(path))
@@ -179,13 +170,8 @@ def test_a_run_killed_midway_is_marked_interrupted_at_next_start(settings, tiny_
     from studio.app import build
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), *sys.path]))
-    child = subprocess.Popen(
-        [sys.executable, "-c", CRASHING_RUN, str(settings.data_dir), str(tiny_model_dir)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
+    child = subprocess.Popen([sys.executable, "-c", CRASHING_RUN, str(settings.data_dir), str(tiny_model_dir)],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     try:
         assert child.stdout.readline().strip() == "STEP"
     finally:

@@ -50,18 +50,8 @@ def test_random_seed_is_resolved_to_a_concrete_value():
 
 
 def test_record_round_trip_keeps_every_field_and_image():
-    request = Txt2ImgRequest(
-        prompt="p",
-        negative_prompt="n",
-        seed=7,
-        steps=3,
-        width=64,
-        height=72,
-        karras=False,
-        sampler="DDIM",
-        batch_size=2,
-        parent_run_id=4,
-    )
+    request = Txt2ImgRequest(prompt="p", negative_prompt="n", seed=7, steps=3, width=64, height=72,
+                             karras=False, sampler="DDIM", batch_size=2, parent_run_id=4)
     params, images = to_record(request)
     assert images == {}
     assert params["mode"] == "txt2img" and params["height"] == 72

@@ -65,9 +65,8 @@ def read_header(path: Path, field: str = "model") -> dict:
             raise ValueError("the file is truncated (tensor data ends past the end of the file)")
         return header
     except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as error:
-        raise ModelError(
-            f"{path.name} is not a valid .safetensors file ({error}); re-download or re-export it", field=field
-        ) from error
+        raise ModelError(f"{path.name} is not a valid .safetensors file ({error}); re-download or "
+                         "re-export it", field=field) from error
 
 
 def inspect_checkpoint(path: Path, field: str = "model") -> CheckpointInfo:
@@ -87,11 +86,8 @@ def inspect_checkpoint(path: Path, field: str = "model") -> CheckpointInfo:
     if has("encoder.down.") and not has(UNET_PREFIX):
         return CheckpointInfo("sd1", False, "vae", len(header))
     if not has(UNET_PREFIX):
-        raise ModelError(
-            f"{path.name} holds no Stable Diffusion UNet (no '{UNET_PREFIX}*' tensors); is it a "
-            "LoRA, an embedding or a diffusers-format file?",
-            field=field,
-        )
+        raise ModelError(f"{path.name} holds no Stable Diffusion UNet (no '{UNET_PREFIX}*' tensors); is it a "
+                         "LoRA, an embedding or a diffusers-format file?", field=field)
     if has("conditioner.embedders."):
         family = "sdxl"
     elif has("cond_stage_model.model."):
@@ -105,19 +101,12 @@ def inspect_checkpoint(path: Path, field: str = "model") -> CheckpointInfo:
 # -- export to the LDM layout --------------------------------------------------------------
 
 _UNET_TOP = {
-    "time_embed.0": "time_embedding.linear_1",
-    "time_embed.2": "time_embedding.linear_2",
-    "input_blocks.0.0": "conv_in",
-    "out.0": "conv_norm_out",
-    "out.2": "conv_out",
+    "time_embed.0": "time_embedding.linear_1", "time_embed.2": "time_embedding.linear_2",
+    "input_blocks.0.0": "conv_in", "out.0": "conv_norm_out", "out.2": "conv_out",
 }
 _UNET_RESNET = {
-    "in_layers.0": "norm1",
-    "in_layers.2": "conv1",
-    "out_layers.0": "norm2",
-    "out_layers.3": "conv2",
-    "emb_layers.1": "time_emb_proj",
-    "skip_connection": "conv_shortcut",
+    "in_layers.0": "norm1", "in_layers.2": "conv1", "out_layers.0": "norm2", "out_layers.3": "conv2",
+    "emb_layers.1": "time_emb_proj", "skip_connection": "conv_shortcut",
 }
 
 
@@ -153,14 +142,14 @@ def unet_to_ldm(state: dict, config) -> dict:
         new = key
         for ldm, hf in _UNET_TOP.items():
             if key.startswith(hf + "."):
-                new = ldm + key[len(hf) :]
+                new = ldm + key[len(hf):]
         for hf, ldm in sorted(prefixes.items(), key=lambda kv: -len(kv[0])):
             if key.startswith(hf):
-                rest = key[len(hf) :]
+                rest = key[len(hf):]
                 if ".resnets." in hf or hf.startswith("mid_block.resnets"):
                     for ldm_name, hf_name in _UNET_RESNET.items():
                         if rest.startswith(hf_name + "."):
-                            rest = ldm_name + rest[len(hf_name) :]
+                            rest = ldm_name + rest[len(hf_name):]
                 new = ldm + rest
                 break
         out[UNET_PREFIX + new] = tensor
@@ -173,10 +162,8 @@ _VAE_ATTENTION = {"group_norm.": "norm.", "to_q.": "q.", "to_k.": "k.", "to_v.":
 def vae_to_ldm(state: dict, config) -> dict:
     levels = len(config.block_out_channels)
     per = config.layers_per_block
-    prefixes = {
-        "encoder.mid_block.attentions.0.": "encoder.mid.attn_1.",
-        "decoder.mid_block.attentions.0.": "decoder.mid.attn_1.",
-    }
+    prefixes = {"encoder.mid_block.attentions.0.": "encoder.mid.attn_1.",
+                "decoder.mid_block.attentions.0.": "decoder.mid.attn_1."}
     for part in ("encoder", "decoder"):
         for j in range(2):
             prefixes[f"{part}.mid_block.resnets.{j}."] = f"{part}.mid.block_{j + 1}."
@@ -193,11 +180,11 @@ def vae_to_ldm(state: dict, config) -> dict:
         new = key.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
         for hf, ldm in sorted(prefixes.items(), key=lambda kv: -len(kv[0])):
             if key.startswith(hf):
-                rest = key[len(hf) :].replace("conv_shortcut", "nin_shortcut")
+                rest = key[len(hf):].replace("conv_shortcut", "nin_shortcut")
                 if ".attn_1." in ldm:
                     for hf_name, ldm_name in _VAE_ATTENTION.items():
                         if rest.startswith(hf_name):
-                            rest = ldm_name + rest[len(hf_name) :]
+                            rest = ldm_name + rest[len(hf_name):]
                     if rest.endswith("weight") and tensor.ndim == 2:
                         # LDM's VAE attention uses 1x1 convolutions where diffusers uses linear layers
                         tensor = tensor[:, :, None, None]
@@ -217,12 +204,8 @@ def export_single_file(pipe, path: Path, dtype=None) -> Path:
     state.update(vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config))
     # A1111 files name the CLIP weights "...transformer.text_model.*"; recent transformers
     # versions drop the "text_model." level from the state dict, so put it back.
-    state.update(
-        {
-            CLIP_PREFIX + (k if k.startswith("text_model.") else f"text_model.{k}"): v
-            for k, v in pipe.text_encoder.state_dict().items()
-        }
-    )
+    state.update({CLIP_PREFIX + (k if k.startswith("text_model.") else f"text_model.{k}"): v
+                  for k, v in pipe.text_encoder.state_dict().items()})
     tensors = {k: v.detach().to("cpu", dtype or torch.float16).contiguous() for k, v in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata={"format": "pt", "exported_by": "studio"})

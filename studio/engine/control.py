@@ -61,13 +61,8 @@ def read_pose_json(path) -> tuple[list, int, int]:
 class Preprocessors:
     """Turns a photo into a control map: OpenPose skeletons, depth (near = bright)."""
 
-    def __init__(
-        self,
-        annotators_dir: Path,
-        offline: bool = True,
-        device: torch.device | None = None,
-        pose_detector: str = "auto",
-    ):
+    def __init__(self, annotators_dir: Path, offline: bool = True, device: torch.device | None = None,
+                 pose_detector: str = "auto"):
         if pose_detector not in POSE_DETECTORS:
             raise ValueError(f"pose detector must be one of {', '.join(POSE_DETECTORS)}, not {pose_detector!r}")
         self.root = Path(annotators_dir)
@@ -80,11 +75,8 @@ class Preprocessors:
 
     def _missing(self, what: str, folder: Path, files: str, hub: str) -> ModelError:
         online = "" if self.offline else f" (online, {hub} would be fetched)"
-        return ModelError(
-            f"the {what} preprocessor needs {files} in {folder}; download them from the hub repo "
-            f"{hub}{online}, or untick 'preprocess' and upload a ready control map",
-            field="preprocess",
-        )
+        return ModelError(f"the {what} preprocessor needs {files} in {folder}; download them from the hub repo "
+                          f"{hub}{online}, or untick 'preprocess' and upload a ready control map", field="preprocess")
 
     def _openpose_ready(self) -> bool:
         folder = self.root / OPENPOSE_DIR
@@ -103,10 +95,8 @@ class Preprocessors:
         if self._pose is None:
             if self._pose_kind_to_load() == "mediapipe":
                 if not mediapipe_pose.available():
-                    raise ModelError(
-                        "the MediaPipe pose detector is not installed: run python launch.py, which installs mediapipe",
-                        field="preprocess",
-                    )
+                    raise ModelError("the MediaPipe pose detector is not installed: run python launch.py, which "
+                                     "installs mediapipe", field="preprocess")
                 self._pose = ("mediapipe", mediapipe_pose.MediaPipePoseDetector())
             else:
                 from controlnet_aux import OpenposeDetector
@@ -119,11 +109,8 @@ class Preprocessors:
                 else:
                     error = self._missing("pose", folder, ", ".join(OPENPOSE_FILES), OPENPOSE_HUB)
                     if self.pose_choice == "auto":  # auto fell back to OpenPose: say why MediaPipe was not used
-                        raise ModelError(
-                            f"{error.message} (the offline MediaPipe detector is not installed: run "
-                            "python launch.py, which installs mediapipe)",
-                            field="preprocess",
-                        )
+                        raise ModelError(f"{error.message} (the offline MediaPipe detector is not installed: run "
+                                         "python launch.py, which installs mediapipe)", field="preprocess")
                     raise error
         return self._pose
 
@@ -142,22 +129,14 @@ class Preprocessors:
             with self._pose_lock:
                 poses = detector.keypoints(image)
             if not poses:
-                raise InputError(
-                    "MediaPipe found no person in the photo; use a photo where one person is "
-                    "clearly visible, a pose preset, or a ready pose map (untick 'preprocess')",
-                    field="image",
-                )
+                raise InputError("MediaPipe found no person in the photo; use a photo where one person is "
+                                 "clearly visible, a pose preset, or a ready pose map (untick 'preprocess')",
+                                 field="image")
             # drawn at the photo's own size (the keypoints are in its pixels), then fitted to the output
             return pose_map_from_keypoints(poses, *image.size).resize(size, Image.BILINEAR)
         resolution = max(64, min(image.size))
-        result = detector(
-            image.convert("RGB"),
-            detect_resolution=resolution,
-            image_resolution=resolution,
-            include_body=True,
-            include_hand=hands,
-            include_face=face,
-        )
+        result = detector(image.convert("RGB"), detect_resolution=resolution, image_resolution=resolution,
+                          include_body=True, include_hand=hands, include_face=face)
         return result.convert("RGB").resize(size, Image.BILINEAR)
 
     def depth_estimator(self):
@@ -167,10 +146,8 @@ class Preprocessors:
             folder = self.root / DEPTH_ANYTHING_DIR
             midas = self.root / MIDAS_DIR / MIDAS_FILE
             if (folder / "config.json").is_file():
-                self._depth = (
-                    "transformers",
-                    pipeline("depth-estimation", model=str(folder), local_files_only=True, device=self.device),
-                )
+                self._depth = ("transformers", pipeline("depth-estimation", model=str(folder), local_files_only=True,
+                                                        device=self.device))
             elif midas.is_file():
                 from controlnet_aux import MidasDetector
 
@@ -178,9 +155,8 @@ class Preprocessors:
             elif not self.offline:
                 self._depth = ("transformers", pipeline("depth-estimation", model=DEPTH_ANYTHING_HUB))
             else:
-                raise self._missing(
-                    "depth", folder, "config.json, model.safetensors and preprocessor_config.json", DEPTH_ANYTHING_HUB
-                )
+                raise self._missing("depth", folder, "config.json, model.safetensors and preprocessor_config.json",
+                                    DEPTH_ANYTHING_HUB)
         return self._depth
 
     def depth(self, image: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -189,23 +165,16 @@ class Preprocessors:
             predicted = estimator(image.convert("RGB"))["predicted_depth"]
             values = predicted.squeeze().float().cpu().numpy()
         else:
-            values = np.array(
-                estimator(
-                    image.convert("RGB"),
-                    detect_resolution=max(64, min(image.size)),
-                    image_resolution=max(64, min(image.size)),
-                ).convert("L"),
-                dtype=np.float32,
-            )
+            values = np.array(estimator(image.convert("RGB"), detect_resolution=max(64, min(image.size)),
+                                        image_resolution=max(64, min(image.size))).convert("L"), dtype=np.float32)
         # Depth Anything and MiDaS both give relative inverse depth: larger = nearer, the
         # ControlNet convention (near = bright); stretch it to the full 0..255 range.
         low, high = float(values.min()), float(values.max())
         scaled = (values - low) / (high - low) * 255 if high > low else np.zeros_like(values)
         return Image.fromarray(scaled.astype(np.uint8), "L").resize(size, Image.BILINEAR).convert("RGB")
 
-    def run(
-        self, control_type: str, image: Image.Image, size: tuple[int, int], hands: bool = False, face: bool = False
-    ) -> Image.Image:
+    def run(self, control_type: str, image: Image.Image, size: tuple[int, int], hands: bool = False,
+            face: bool = False) -> Image.Image:
         """The control map of a photo; hands and face apply to pose (OpenPose draws them, MediaPipe does not)."""
         return self.pose(image, size, hands, face) if control_type == "pose" else self.depth(image, size)
 
@@ -223,56 +192,27 @@ class UnitsControlNet(MultiControlNetModel):
         self.guess_modes = list(guess_modes)
         self.guided = guided
 
-    def forward(
-        self,
-        sample,
-        timestep,
-        encoder_hidden_states,
-        controlnet_cond,
-        conditioning_scale,
-        class_labels=None,
-        timestep_cond=None,
-        attention_mask=None,
-        added_cond_kwargs=None,
-        cross_attention_kwargs=None,
-        guess_mode=False,
-        return_dict=True,
-    ):
+    def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale,
+                class_labels=None, timestep_cond=None, attention_mask=None, added_cond_kwargs=None,
+                cross_attention_kwargs=None, guess_mode=False, return_dict=True):
         total_down, total_mid = None, None
         half = sample.shape[0] // 2
         for image, scale, net, guess in zip(controlnet_cond, conditioning_scale, self.nets, self.guess_modes):
-            kwargs = dict(
-                timestep=timestep,
-                class_labels=class_labels,
-                timestep_cond=timestep_cond,
-                attention_mask=attention_mask,
-                cross_attention_kwargs=cross_attention_kwargs,
-                conditioning_scale=scale,
-                return_dict=False,
-            )
+            kwargs = dict(timestep=timestep, class_labels=class_labels, timestep_cond=timestep_cond,
+                          attention_mask=attention_mask, cross_attention_kwargs=cross_attention_kwargs,
+                          conditioning_scale=scale, return_dict=False)
             if guess and self.guided:
                 cond_kwargs = None
                 if added_cond_kwargs:
                     cond_kwargs = {k: v[half:] for k, v in added_cond_kwargs.items()}
-                down, mid = net(
-                    sample=sample[half:],
-                    encoder_hidden_states=encoder_hidden_states[half:],
-                    controlnet_cond=image[half:],
-                    added_cond_kwargs=cond_kwargs,
-                    guess_mode=True,
-                    **kwargs,
-                )
+                down, mid = net(sample=sample[half:], encoder_hidden_states=encoder_hidden_states[half:],
+                                controlnet_cond=image[half:], added_cond_kwargs=cond_kwargs, guess_mode=True,
+                                **kwargs)
                 down = [torch.cat([torch.zeros_like(d), d]) for d in down]
                 mid = torch.cat([torch.zeros_like(mid), mid])
             else:
-                down, mid = net(
-                    sample=sample,
-                    encoder_hidden_states=encoder_hidden_states,
-                    controlnet_cond=image,
-                    added_cond_kwargs=added_cond_kwargs,
-                    guess_mode=guess,
-                    **kwargs,
-                )
+                down, mid = net(sample=sample, encoder_hidden_states=encoder_hidden_states, controlnet_cond=image,
+                                added_cond_kwargs=added_cond_kwargs, guess_mode=guess, **kwargs)
             if total_down is None:
                 total_down, total_mid = list(down), mid
             else:
@@ -301,9 +241,8 @@ def preprocessor_name(unit: dict) -> str:
         return "none"
     if unit["type"] != "pose":
         return unit["type"]
-    return {(False, False): "pose", (True, False): "pose_hand", (False, True): "pose_face", (True, True): "pose_full"}[
-        (bool(unit["hands"]), bool(unit["face"]))
-    ]
+    return {(False, False): "pose", (True, False): "pose_hand", (False, True): "pose_face",
+            (True, True): "pose_full"}[(bool(unit["hands"]), bool(unit["face"]))]
 
 
 class Control:
@@ -330,9 +269,8 @@ class Control:
             if unit["map"] is None:
                 if unit["preprocess"]:
                     try:
-                        unit["map"] = env.preprocessors.run(
-                            unit["type"], unit["image"], (width, height), hands=unit["hands"], face=unit["face"]
-                        )
+                        unit["map"] = env.preprocessors.run(unit["type"], unit["image"], (width, height),
+                                                            hands=unit["hands"], face=unit["face"])
                     except InputError as error:
                         if error.field != "image":
                             raise
@@ -340,25 +278,18 @@ class Control:
                     if unit["type"] == "pose":
                         env.notices.append(f"unit {index + 1}: pose found by {env.preprocessors.pose_detector_label}")
                         if (unit["hands"] or unit["face"]) and env.preprocessors.pose_kind == "mediapipe":
-                            env.notices.append(
-                                f"unit {index + 1}: MediaPipe draws the body only; hands and face "
-                                "need the OpenPose weights in the annotators folder"
-                            )
+                            env.notices.append(f"unit {index + 1}: MediaPipe draws the body only; hands and face "
+                                               "need the OpenPose weights in the annotators folder")
                 else:
                     unit["map"] = unit["image"].convert("RGB")
             control_map = unit["map"].convert("RGB")
             if abs(_aspect(control_map.size) - _aspect((width, height))) > ASPECT_TOLERANCE * _aspect((width, height)):
-                raise InputError(
-                    f"the control map is {control_map.width}x{control_map.height} but the output is "
-                    f"{width}x{height} (another aspect ratio); crop the map or set width and height "
-                    "to match",
-                    field=f"units[{index}].image",
-                )
+                raise InputError(f"the control map is {control_map.width}x{control_map.height} but the output is "
+                                 f"{width}x{height} (another aspect ratio); crop the map or set width and height "
+                                 "to match", field=f"units[{index}].image")
             if control_map.size != (width, height):
-                env.notices.append(
-                    f"unit {index + 1}: control map resized from {control_map.width}x"
-                    f"{control_map.height} to {width}x{height}"
-                )
+                env.notices.append(f"unit {index + 1}: control map resized from {control_map.width}x"
+                                   f"{control_map.height} to {width}x{height}")
                 control_map = control_map.resize((width, height), Image.BILINEAR)
             unit["map"] = control_map
             units.append(unit)
@@ -367,25 +298,18 @@ class Control:
 
     def components(self, request, models) -> dict:
         nets = [models.load_controlnet(unit["model"]) for unit in request.units]
-        return {
-            "controlnet": UnitsControlNet(nets, [u["guess_mode"] for u in request.units], guided=request.cfg_scale > 1)
-        }
+        return {"controlnet": UnitsControlNet(nets, [u["guess_mode"] for u in request.units],
+                                              guided=request.cfg_scale > 1)}
 
     def call_kwargs(self, request, context: dict) -> dict:
         maps = [unit["map"] for unit in request.units]
-        kwargs = {
-            "controlnet_conditioning_scale": [float(u["weight"]) for u in request.units],
-            "control_guidance_start": [float(u["start"]) for u in request.units],
-            "control_guidance_end": [float(u["end"]) for u in request.units],
-            "width": request.width,
-            "height": request.height,
-        }
+        kwargs = {"controlnet_conditioning_scale": [float(u["weight"]) for u in request.units],
+                  "control_guidance_start": [float(u["start"]) for u in request.units],
+                  "control_guidance_end": [float(u["end"]) for u in request.units],
+                  "width": request.width, "height": request.height}
         if request.init_image is not None:
-            kwargs.update(
-                image=request.init_image.resize((request.width, request.height), Image.LANCZOS),
-                control_image=maps,
-                strength=request.denoise_strength,
-            )
+            kwargs.update(image=request.init_image.resize((request.width, request.height), Image.LANCZOS),
+                          control_image=maps, strength=request.denoise_strength)
         else:
             kwargs["image"] = maps
         return kwargs
@@ -396,12 +320,10 @@ class Control:
     def infotext_pairs(self, request) -> dict:
         pairs = {}
         for index, unit in enumerate(request.units):
-            pairs[f"ControlNet {index}"] = (
-                f"Module: {preprocessor_name(unit)}, "
-                f"Model: {unit['model']}, Weight: {unit['weight']:g}, Guidance Start: "
-                f"{unit['start']:g}, Guidance End: {unit['end']:g}, "
-                f"Guess Mode: {unit['guess_mode']}"
-            )
+            pairs[f"ControlNet {index}"] = (f"Module: {preprocessor_name(unit)}, "
+                                            f"Model: {unit['model']}, Weight: {unit['weight']:g}, Guidance Start: "
+                                            f"{unit['start']:g}, Guidance End: {unit['end']:g}, "
+                                            f"Guess Mode: {unit['guess_mode']}")
         if request.init_image is not None:
             pairs["Denoising strength"] = request.denoise_strength
         return pairs

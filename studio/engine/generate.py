@@ -87,15 +87,8 @@ class Outcome:
     cancelled: bool
 
 
-def run(
-    pipe,
-    request,
-    mode: Mode,
-    *,
-    on_step: Callable[[StepInfo], None] | None = None,
-    cancel: CancelToken | None = None,
-    context: dict | None = None,
-) -> Outcome:
+def run(pipe, request, mode: Mode, *, on_step: Callable[[StepInfo], None] | None = None,
+        cancel: CancelToken | None = None, context: dict | None = None) -> Outcome:
     """Run every batch of a request; stops between steps when cancelled, keeping finished images."""
     context = context or {}
     seeds = request.seeds()
@@ -104,7 +97,7 @@ def run(
     used_seeds: list[int] = []
     cancelled = False
     for batch in range(request.batch_count):
-        batch_seeds = seeds[batch * request.batch_size : (batch + 1) * request.batch_size]
+        batch_seeds = seeds[batch * request.batch_size:(batch + 1) * request.batch_size]
         if hasattr(pipe.scheduler, "noise_sampler_seed"):
             # DPM++ SDE draws Brownian noise from its own seed, random unless set: tie it to ours
             pipe.scheduler.noise_sampler_seed = batch_seeds[0]

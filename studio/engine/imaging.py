@@ -86,7 +86,8 @@ def _check_size(field: str, image: Image.Image, size: Size, against: str = "the 
     """Raise ValueError naming `field` when `image` is not `size`."""
     if tuple(image.size) != tuple(size):
         raise ValueError(
-            f"{field}: is {image.width}x{image.height} but {against} is {size[0]}x{size[1]}; give both the same size"
+            f"{field}: is {image.width}x{image.height} but {against} is "
+            f"{size[0]}x{size[1]}; give both the same size"
         )
 
 
@@ -158,7 +159,10 @@ def load_mask(mask: Image.Image, size: Size) -> tuple[Image.Image, str | None]:
     notice = None
     if binary.size != tuple(size):
         # A1111 stretches a mask of another size onto the image; do the same, but say so.
-        notice = f"mask: was {binary.width}x{binary.height}, resized to the image's {size[0]}x{size[1]}"
+        notice = (
+            f"mask: was {binary.width}x{binary.height}, resized to the image's "
+            f"{size[0]}x{size[1]}"
+        )
         binary = binary.resize(tuple(size), Image.Resampling.NEAREST)
 
     if is_empty(binary):
@@ -207,7 +211,9 @@ def _nearest_indices(in_size: int, out_size: int) -> np.ndarray:
 # --- only-masked crop --------------------------------------------------------------
 
 
-def mask_crop_box(mask: Image.Image, padding: int, image_size: Size, processing_size: Size | None = None) -> Box:
+def mask_crop_box(
+    mask: Image.Image, padding: int, image_size: Size, processing_size: Size | None = None
+) -> Box:
     """A1111 "only masked" area: the mask's bounding box plus padding, at the processing aspect."""
     _check_size("mask", mask, image_size)
     _check_not_negative("padding", padding)
@@ -259,12 +265,16 @@ def crop_for_inpaint(
     return image_crop, mask_crop
 
 
-def paste_back(original: Image.Image, generated_crop: Image.Image, box: Box, blurred_mask: Image.Image) -> Image.Image:
+def paste_back(
+    original: Image.Image, generated_crop: Image.Image, box: Box, blurred_mask: Image.Image
+) -> Image.Image:
     """Put a generated crop back at its box and composite it over the original."""
     _check_box(box, original.size)
     left, top, right, bottom = box
     layer = original.convert("RGB")
-    resized = generated_crop.convert("RGB").resize((right - left, bottom - top), Image.Resampling.LANCZOS)
+    resized = generated_crop.convert("RGB").resize(
+        (right - left, bottom - top), Image.Resampling.LANCZOS
+    )
     layer.paste(resized, (left, top))
     # Outside the box the layer is the original itself, so a blur halo that reaches past
     # the box changes nothing there.
@@ -276,14 +286,17 @@ def _check_box(box: Box, size: Size) -> None:
     left, top, right, bottom = box
     if not (0 <= left < right <= size[0] and 0 <= top < bottom <= size[1]):
         raise ValueError(
-            f"box: {tuple(box)} is not a rectangle inside the {size[0]}x{size[1]} image; compute it with mask_crop_box"
+            f"box: {tuple(box)} is not a rectangle inside the {size[0]}x{size[1]} image; "
+            f"compute it with mask_crop_box"
         )
 
 
 # --- compositing and fill ----------------------------------------------------------
 
 
-def composite_masked(original: Image.Image, generated: Image.Image, blurred_mask: Image.Image) -> Image.Image:
+def composite_masked(
+    original: Image.Image, generated: Image.Image, blurred_mask: Image.Image
+) -> Image.Image:
     """Generated where the mask is 255, original where it is 0 (exactly), blended between."""
     _check_size("generated", generated, original.size, against="the original")
     _check_size("mask", blurred_mask, original.size, against="the original")
@@ -299,7 +312,10 @@ def composite_masked(original: Image.Image, generated: Image.Image, blurred_mask
 def fill_masked_area(image: Image.Image, mask: Image.Image, method: str) -> Image.Image:
     """A1111 "masked content": prefill the masked pixels before they are encoded."""
     if method not in MASKED_CONTENT:
-        raise ValueError(f"masked_content: {method!r} is not one of {', '.join(MASKED_CONTENT)}; pick one of those")
+        raise ValueError(
+            f"masked_content: {method!r} is not one of {', '.join(MASKED_CONTENT)}; "
+            f"pick one of those"
+        )
     _check_size("mask", mask, image.size)
     if method != "fill":
         # "latent noise" and "latent nothing" replace the latents, not the pixels.
@@ -364,7 +380,9 @@ def mask_preview(
     if box is not None:
         left, top, right, bottom = box
         ImageDraw.Draw(preview).rectangle(
-            (left, top, right - 1, bottom - 1), outline=PREVIEW_CROP_BOX_RGB, width=PREVIEW_CROP_BOX_WIDTH
+            (left, top, right - 1, bottom - 1),
+            outline=PREVIEW_CROP_BOX_RGB,
+            width=PREVIEW_CROP_BOX_WIDTH,
         )
     return preview
 
@@ -376,7 +394,9 @@ def _latent_mask_whole(prepared: Image.Image, processing_size: Size | None) -> I
     return latent_mask(resized).resize(prepared.size, Image.Resampling.NEAREST)
 
 
-def _latent_mask_in_box(prepared: Image.Image, box: Box, processing_size: Size | None) -> Image.Image:
+def _latent_mask_in_box(
+    prepared: Image.Image, box: Box, processing_size: Size | None
+) -> Image.Image:
     """Latent-grid mask of an only-masked run, mapped from the crop back into the image."""
     left, top, right, bottom = box
     box_size = (right - left, bottom - top)
@@ -392,7 +412,9 @@ def _latent_mask_in_box(prepared: Image.Image, box: Box, processing_size: Size |
 def _inner_edge(region: np.ndarray) -> np.ndarray:
     """Pixels of a boolean region that touch a pixel outside it (4-neighbourhood)."""
     padded = np.pad(region, 1, mode="edge")
-    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    interior = (
+        padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    )
     return region & ~interior
 
 
@@ -407,9 +429,15 @@ def _check_extensions(left: int, right: int, top: int, bottom: int) -> None:
             raise ValueError(f"{side}: {value} is negative; use 0 or a positive multiple of 8")
         if value % 8:
             nearest = [n for n in (value // 8 * 8, value // 8 * 8 + 8) if n > 0]
-            raise ValueError(f"{side}: {value} is not a multiple of 8; use " + " or ".join(str(n) for n in nearest))
+            raise ValueError(
+                f"{side}: {value} is not a multiple of 8; use "
+                + " or ".join(str(n) for n in nearest)
+            )
     if not any(sides.values()):
-        raise ValueError("extend: all four sides are 0; set at least one side (left, right, top, bottom) to extend")
+        raise ValueError(
+            "extend: all four sides are 0; set at least one side (left, right, top, "
+            "bottom) to extend"
+        )
 
 
 def extend_canvas(
@@ -428,7 +456,9 @@ def extend_canvas(
     """Outpaint canvas: the image on a larger canvas, the new area infilled, and its mask."""
     _check_extensions(left, right, top, bottom)
     if infill not in OUTPAINT_INFILLS:
-        raise ValueError(f"infill: {infill!r} is not one of {', '.join(OUTPAINT_INFILLS)}; pick one of those")
+        raise ValueError(
+            f"infill: {infill!r} is not one of {', '.join(OUTPAINT_INFILLS)}; pick one of those"
+        )
     _check_not_negative("overlap", overlap)
     _check_not_negative("feather", feather)
     if infill == "noise":
@@ -450,7 +480,9 @@ def extend_canvas(
     elif infill == "noise":
         canvas = _noise_infill(rgb, pads, (left, right, top, bottom), seed)
     else:
-        canvas = cv2.inpaint(np.pad(rgb, pads), is_new.astype(np.uint8) * 255, TELEA_RADIUS, cv2.INPAINT_TELEA)
+        canvas = cv2.inpaint(
+            np.pad(rgb, pads), is_new.astype(np.uint8) * 255, TELEA_RADIUS, cv2.INPAINT_TELEA
+        )
     # Every infill writes only the new area: the original pixels come through untouched.
     canvas[~is_new] = rgb.reshape(-1, 3)
 
@@ -490,7 +522,9 @@ def _noise_infill(rgb: np.ndarray, pads: Pads, sides: Sides, seed: int) -> np.nd
     return np.clip(np.rint(tint + noise), 0, 255).astype(np.uint8)
 
 
-def _outpaint_mask(canvas_size: Size, sides: Sides, image_size: Size, overlap: int, feather: int) -> Image.Image:
+def _outpaint_mask(
+    canvas_size: Size, sides: Sides, image_size: Size, overlap: int, feather: int
+) -> Image.Image:
     """255 on the new area, ramping to 0 across `overlap` px into the image on extended sides."""
     left, right, top, bottom = sides
     width, height = image_size

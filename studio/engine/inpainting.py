@@ -22,12 +22,8 @@ from studio.engine.generate import register_mode
 from studio.errors import InputError
 
 # A1111 meanings in the infotext, so A1111 reads our PNGs the way we wrote them.
-_MASKED_CONTENT_INFOTEXT = {
-    "original": "original",
-    "fill": "fill",
-    "latent noise": "latent noise",
-    "latent nothing": "latent nothing",
-}
+_MASKED_CONTENT_INFOTEXT = {"original": "original", "fill": "fill", "latent noise": "latent noise",
+                            "latent nothing": "latent nothing"}
 
 
 @dataclass
@@ -65,13 +61,8 @@ def _latent_mask(mask: Image.Image, latents: torch.Tensor) -> torch.Tensor:
 
 def pipeline_inputs(pipe, plan: EditPlan, masked_content: str, strength: float, seed: int) -> dict:
     """The image/mask kwargs of diffusers' inpaint pipeline, with A1111's latent masked-content options."""
-    kwargs = {
-        "image": plan.image,
-        "mask_image": plan.mask,
-        "strength": strength,
-        "width": plan.image.width,
-        "height": plan.image.height,
-    }
+    kwargs = {"image": plan.image, "mask_image": plan.mask, "strength": strength,
+              "width": plan.image.width, "height": plan.image.height}
     if masked_content in ("latent noise", "latent nothing"):
         latents = _encode(pipe, plan.image)
         inside = _latent_mask(plan.mask, latents)
@@ -84,9 +75,8 @@ def pipeline_inputs(pipe, plan: EditPlan, masked_content: str, strength: float, 
         # masked-image latents given too (9-channel UNets condition on them; others ignore them)
         kwargs["image"] = latents
         binary = plan.mask.point(lambda v: 255 if v >= imaging.MASK_THRESHOLD else 0)
-        kwargs["masked_image_latents"] = _encode(
-            pipe, Image.composite(Image.new("RGB", plan.image.size, (127, 127, 127)), plan.image, binary)
-        )
+        kwargs["masked_image_latents"] = _encode(pipe, Image.composite(
+            Image.new("RGB", plan.image.size, (127, 127, 127)), plan.image, binary))
     return kwargs
 
 
@@ -94,14 +84,9 @@ def composite_over_original(plan: EditPlan, images: list[Image.Image]) -> list[I
     """Each output put back at the original's size, over the original, with the soft mask as alpha."""
     if plan.box is not None:
         return [imaging.paste_back(plan.original, out, plan.box, plan.soft_mask) for out in images]
-    return [
-        imaging.composite_masked(
-            plan.original,
-            out if out.size == plan.original.size else out.resize(plan.original.size, Image.LANCZOS),
-            plan.soft_mask,
-        )
-        for out in images
-    ]
+    return [imaging.composite_masked(plan.original, out if out.size == plan.original.size
+                                     else out.resize(plan.original.size, Image.LANCZOS), plan.soft_mask)
+            for out in images]
 
 
 class Inpaint:
@@ -147,12 +132,9 @@ class Inpaint:
         return composite_over_original(context["plan"], images)
 
     def infotext_pairs(self, request) -> dict:
-        pairs = {
-            "Denoising strength": request.denoise_strength,
-            "Mask blur": request.mask_blur,
-            "Masked content": _MASKED_CONTENT_INFOTEXT[request.masked_content],
-            "Inpaint area": "Only masked" if request.inpaint_area == "masked" else "Whole picture",
-        }
+        pairs = {"Denoising strength": request.denoise_strength, "Mask blur": request.mask_blur,
+                 "Masked content": _MASKED_CONTENT_INFOTEXT[request.masked_content],
+                 "Inpaint area": "Only masked" if request.inpaint_area == "masked" else "Whole picture"}
         if request.inpaint_area == "masked":
             pairs["Only masked padding, pixels"] = request.padding
         if request.invert_mask:
@@ -175,18 +157,8 @@ class Outpaint:
         return dataclasses.replace(request, image=image, width=width, height=height)
 
     def plan(self, request) -> EditPlan:
-        canvas, mask = _user_errors(
-            imaging.extend_canvas,
-            request.image,
-            request.left,
-            request.right,
-            request.top,
-            request.bottom,
-            request.infill,
-            request.overlap,
-            request.feather,
-            request.seed,
-        )
+        canvas, mask = _user_errors(imaging.extend_canvas, request.image, request.left, request.right, request.top,
+                                    request.bottom, request.infill, request.overlap, request.feather, request.seed)
         size = (request.width, request.height)
         image = canvas if canvas.size == size else canvas.resize(size, Image.LANCZOS)
         small_mask = mask if mask.size == size else mask.resize(size, Image.BILINEAR)
@@ -200,16 +172,10 @@ class Outpaint:
         return composite_over_original(context["plan"], images)
 
     def infotext_pairs(self, request) -> dict:
-        sides = ", ".join(
-            f"{side} {getattr(request, side)}" for side in ("left", "right", "top", "bottom") if getattr(request, side)
-        )
-        return {
-            "Denoising strength": request.denoise_strength,
-            "Outpaint": sides,
-            "Infill": request.infill,
-            "Overlap": request.overlap,
-            "Feather": request.feather,
-        }
+        sides = ", ".join(f"{side} {getattr(request, side)}" for side in ("left", "right", "top", "bottom")
+                          if getattr(request, side))
+        return {"Denoising strength": request.denoise_strength, "Outpaint": sides, "Infill": request.infill,
+                "Overlap": request.overlap, "Feather": request.feather}
 
 
 register_mode(Inpaint())

@@ -44,9 +44,8 @@ N_MEDIAPIPE_LANDMARKS = 33
 MIN_VISIBILITY = 0.5
 
 
-def keypoints_from_landmarks(
-    landmarks: Sequence[tuple[float, float, float]], width: int, height: int
-) -> list[Point | None]:
+def keypoints_from_landmarks(landmarks: Sequence[tuple[float, float, float]], width: int,
+                             height: int) -> list[Point | None]:
     """OpenPose's 18 keypoints in pixels from MediaPipe's 33 (x, y normalised to 0..1, visibility).
 
     A point that is not visible enough, or that lies outside the picture, is None.
@@ -85,9 +84,8 @@ class MediaPipePoseDetector:
 
         # static_image_mode: every call is a new photo (no tracking between calls);
         # model_complexity=1 is the landmarker bundled in the wheel (2 would be downloaded).
-        self._pose = mp.solutions.pose.Pose(
-            static_image_mode=True, model_complexity=1, enable_segmentation=False, min_detection_confidence=0.5
-        )
+        self._pose = mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1, enable_segmentation=False,
+                                            min_detection_confidence=0.5)
 
     def keypoints(self, image: Image.Image) -> list[list[Point | None]]:
         """[one pose] for the person found, or [] when there is nobody."""

@@ -221,11 +221,8 @@ def _special(content: str) -> dict:
 
 def _tokenizer(pad_token: str) -> dict[str, dict]:
     """tokenizer_config.json and special_tokens_map.json; CLIP pads with EOT, OpenCLIP with '!'."""
-    special = {
-        "bos_token": _special("<|startoftext|>"),
-        "eos_token": _special("<|endoftext|>"),
-        "unk_token": _special("<|endoftext|>"),
-    }
+    special = {"bos_token": _special("<|startoftext|>"), "eos_token": _special("<|endoftext|>"),
+               "unk_token": _special("<|endoftext|>")}
     config = {
         "add_prefix_space": False,
         **special,
@@ -254,47 +251,23 @@ _COMMON_COMPONENTS = {
 def _sd_index(class_name: str, scheduler: dict) -> dict:
     # No safety checker: the studio never loads one, and [null, null] keeps from_single_file
     # from looking for it.
-    return {
-        "_class_name": class_name,
-        **_COMMON_COMPONENTS,
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
-        "scheduler": ["diffusers", scheduler["_class_name"]],
-    }
+    return {"_class_name": class_name, **_COMMON_COMPONENTS, "feature_extractor": [None, None],
+            "requires_safety_checker": False, "safety_checker": [None, None],
+            "scheduler": ["diffusers", scheduler["_class_name"]]}
 
 
 def _sdxl_index(class_name: str, extra: dict) -> dict:
-    return {
-        "_class_name": class_name,
-        **_COMMON_COMPONENTS,
-        "feature_extractor": [None, None],
-        "force_zeros_for_empty_prompt": True,
-        "image_encoder": [None, None],
-        "scheduler": ["diffusers", _SDXL_EULER["_class_name"]],
-        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
-        "tokenizer_2": ["transformers", "CLIPTokenizer"],
-        **extra,
-    }
+    return {"_class_name": class_name, **_COMMON_COMPONENTS, "feature_extractor": [None, None],
+            "force_zeros_for_empty_prompt": True, "image_encoder": [None, None],
+            "scheduler": ["diffusers", _SDXL_EULER["_class_name"]],
+            "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+            "tokenizer_2": ["transformers", "CLIPTokenizer"], **extra}
 
 
-def _folder(
-    index: dict,
-    unet: dict,
-    vae: dict,
-    text: dict,
-    tokenizer: dict,
-    scheduler: dict,
-    text_2: dict | None = None,
-    tokenizer_2: dict | None = None,
-) -> dict[str, dict]:
-    files = {
-        "model_index.json": index,
-        "unet/config.json": unet,
-        "vae/config.json": vae,
-        "text_encoder/config.json": text,
-        "scheduler/scheduler_config.json": scheduler,
-    }
+def _folder(index: dict, unet: dict, vae: dict, text: dict, tokenizer: dict, scheduler: dict,
+            text_2: dict | None = None, tokenizer_2: dict | None = None) -> dict[str, dict]:
+    files = {"model_index.json": index, "unet/config.json": unet, "vae/config.json": vae,
+             "text_encoder/config.json": text, "scheduler/scheduler_config.json": scheduler}
     files.update({f"tokenizer/{name}": data for name, data in tokenizer.items()})
     if text_2 is not None:
         files["text_encoder_2/config.json"] = text_2
@@ -312,92 +285,41 @@ def _epsilon(scheduler: dict) -> dict:
 
 # family -> {path inside the folder: JSON content}. Vocabulary files are not here: see TOKENIZER_FILES.
 CONFIGS: dict[str, dict[str, dict]] = {
-    "sd1": _folder(_sd_index("StableDiffusionPipeline", _PNDM), _SD_UNET, _SD_VAE, _CLIP_TEXT, _CLIP_TOKENIZER, _PNDM),
-    "sd1-inpaint": _folder(
-        _sd_index("StableDiffusionInpaintPipeline", _DDIM),
-        {**_SD_UNET, "in_channels": 9},
-        _SD_VAE,
-        _CLIP_TEXT,
-        _CLIP_TOKENIZER,
-        _DDIM,
-    ),
+    "sd1": _folder(_sd_index("StableDiffusionPipeline", _PNDM), _SD_UNET, _SD_VAE, _CLIP_TEXT,
+                   _CLIP_TOKENIZER, _PNDM),
+    "sd1-inpaint": _folder(_sd_index("StableDiffusionInpaintPipeline", _DDIM), {**_SD_UNET, "in_channels": 9},
+                           _SD_VAE, _CLIP_TEXT, _CLIP_TOKENIZER, _DDIM),
     # SD2.1: 768 px, v-prediction; fp16 attention overflows without upcasting.
-    "sd2": _folder(
-        _sd_index("StableDiffusionPipeline", _DDIM),
-        {**_SD2_UNET, "sample_size": 96, "upcast_attention": True},
-        {**_SD_VAE, "sample_size": 768},
-        _OPENCLIP_H_TEXT,
-        _OPENCLIP_TOKENIZER,
-        _v_prediction(_DDIM),
-    ),
+    "sd2": _folder(_sd_index("StableDiffusionPipeline", _DDIM),
+                   {**_SD2_UNET, "sample_size": 96, "upcast_attention": True},
+                   {**_SD_VAE, "sample_size": 768}, _OPENCLIP_H_TEXT, _OPENCLIP_TOKENIZER, _v_prediction(_DDIM)),
     # SD2 inpainting is finetuned from SD2-base: 512 px, epsilon.
-    "sd2-inpaint": _folder(
-        _sd_index("StableDiffusionInpaintPipeline", _PNDM),
-        {**_SD2_UNET, "in_channels": 9, "sample_size": 64, "upcast_attention": False},
-        _SD_VAE,
-        _OPENCLIP_H_TEXT,
-        _OPENCLIP_TOKENIZER,
-        _epsilon(_PNDM),
-    ),
-    "sdxl": _folder(
-        _sdxl_index("StableDiffusionXLPipeline", {}),
-        _SDXL_UNET,
-        _SDXL_VAE,
-        _CLIP_TEXT,
-        _CLIP_TOKENIZER,
-        _SDXL_EULER,
-        _OPENCLIP_BIGG_TEXT,
-        _OPENCLIP_TOKENIZER,
-    ),
-    "sdxl-inpaint": _folder(
-        _sdxl_index("StableDiffusionXLInpaintPipeline", {"requires_aesthetics_score": False}),
-        {**_SDXL_UNET, "in_channels": 9},
-        _SDXL_VAE,
-        _CLIP_TEXT,
-        _CLIP_TOKENIZER,
-        _SDXL_EULER,
-        _OPENCLIP_BIGG_TEXT,
-        _OPENCLIP_TOKENIZER,
-    ),
+    "sd2-inpaint": _folder(_sd_index("StableDiffusionInpaintPipeline", _PNDM),
+                           {**_SD2_UNET, "in_channels": 9, "sample_size": 64, "upcast_attention": False},
+                           _SD_VAE, _OPENCLIP_H_TEXT, _OPENCLIP_TOKENIZER, _epsilon(_PNDM)),
+    "sdxl": _folder(_sdxl_index("StableDiffusionXLPipeline", {}), _SDXL_UNET, _SDXL_VAE, _CLIP_TEXT,
+                    _CLIP_TOKENIZER, _SDXL_EULER, _OPENCLIP_BIGG_TEXT, _OPENCLIP_TOKENIZER),
+    "sdxl-inpaint": _folder(_sdxl_index("StableDiffusionXLInpaintPipeline", {"requires_aesthetics_score": False}),
+                            {**_SDXL_UNET, "in_channels": 9}, _SDXL_VAE, _CLIP_TEXT, _CLIP_TOKENIZER,
+                            _SDXL_EULER, _OPENCLIP_BIGG_TEXT, _OPENCLIP_TOKENIZER),
 }
 
 
 # A ControlNet is a copy of its base UNet's encoder: the same architecture keys, plus the
 # hint encoder (a 3-channel image downscaled 8x by 16/32/96/256-channel convolutions).
 _CONTROLNET_SHARED_KEYS = (
-    "act_fn",
-    "addition_embed_type",
-    "addition_time_embed_dim",
-    "attention_head_dim",
-    "block_out_channels",
-    "cross_attention_dim",
-    "down_block_types",
-    "downsample_padding",
-    "flip_sin_to_cos",
-    "freq_shift",
-    "in_channels",
-    "layers_per_block",
-    "mid_block_scale_factor",
-    "norm_eps",
-    "norm_num_groups",
-    "projection_class_embeddings_input_dim",
-    "transformer_layers_per_block",
-    "upcast_attention",
-    "use_linear_projection",
+    "act_fn", "addition_embed_type", "addition_time_embed_dim", "attention_head_dim", "block_out_channels",
+    "cross_attention_dim", "down_block_types", "downsample_padding", "flip_sin_to_cos", "freq_shift", "in_channels",
+    "layers_per_block", "mid_block_scale_factor", "norm_eps", "norm_num_groups", "projection_class_embeddings_input_dim",
+    "transformer_layers_per_block", "upcast_attention", "use_linear_projection",
 )
 
 
 def _controlnet(unet: dict) -> dict[str, dict]:
     config = {key: unet[key] for key in _CONTROLNET_SHARED_KEYS if key in unet}
-    config.update(
-        {
-            "_class_name": "ControlNetModel",
-            "conditioning_channels": 3,
-            "conditioning_embedding_out_channels": [16, 32, 96, 256],
-            "controlnet_conditioning_channel_order": "rgb",
-            "global_pool_conditions": False,
-        }
-    )
+    config.update({"_class_name": "ControlNetModel", "conditioning_channels": 3,
+                   "conditioning_embedding_out_channels": [16, 32, 96, 256],
+                   "controlnet_conditioning_channel_order": "rgb", "global_pool_conditions": False})
     return {"config.json": config}
 
 
@@ -416,10 +338,8 @@ def tokenizer_folders(family: str) -> list[str]:
 def _check_tokenizer_source(tokenizer_source: Path) -> None:
     missing = [name for name in TOKENIZER_FILES if not (tokenizer_source / name).is_file()]
     if missing:
-        raise FileNotFoundError(
-            f"{tokenizer_source} lacks {', '.join(missing)}; the tokenizer folders need the "
-            "CLIP BPE files (build assets/tokenizer first, or pass --tokenizer)"
-        )
+        raise FileNotFoundError(f"{tokenizer_source} lacks {', '.join(missing)}; the tokenizer folders need the "
+                                "CLIP BPE files (build assets/tokenizer first, or pass --tokenizer)")
 
 
 def write_configs(out: Path, tokenizer_source: Path | None = None) -> list[Path]:
@@ -484,13 +404,9 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ASSETS_DIR / "configs", help="folder to write the families into")
-    parser.add_argument(
-        "--tokenizer",
-        type=Path,
-        default=None,
-        help="also copy the CLIP vocab.json and merges.txt from this folder into the tokenizer "
-        "folders (assets/configs does not: complete_config adds them at load time)",
-    )
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="also copy the CLIP vocab.json and merges.txt from this folder into the tokenizer "
+                        "folders (assets/configs does not: complete_config adds them at load time)")
     args = parser.parse_args(argv)
     written = write_configs(args.out, args.tokenizer)
     size = sum(path.stat().st_size for path in written)

@@ -115,10 +115,8 @@ class HashCache:
         files = self.weight_files(location)
         if not files:
             raise ModelError(f"{location} holds no .safetensors weights", field="model")
-        stamp = [
-            [str(p.relative_to(location) if location.is_dir() else p.name), p.stat().st_size, p.stat().st_mtime_ns]
-            for p in files
-        ]
+        stamp = [[str(p.relative_to(location) if location.is_dir() else p.name), p.stat().st_size,
+                  p.stat().st_mtime_ns] for p in files]
         key = str(location.resolve())
         with self._lock:
             cached = self._data.get(key)
@@ -198,18 +196,15 @@ class ModelManager:
         placeholder = self.settings.data_dir / "models" / PLACEHOLDER_MODEL
         if (placeholder / "model_index.json").is_file():
             found[PLACEHOLDER_MODEL] = ModelEntry(
-                PLACEHOLDER_MODEL,
-                "placeholder",
-                str(placeholder),
-                None,
-                "Randomly initialised, untrained: it draws noise. Add a real checkpoint in the Models tab.",
-            )
+                PLACEHOLDER_MODEL, "placeholder", str(placeholder), None,
+                "Randomly initialised, untrained: it draws noise. Add a real checkpoint in the Models tab.")
         if self.checkpoints_dir.is_dir():
             for path in sorted(self.checkpoints_dir.iterdir()):
                 if path.suffix == ".safetensors" or (path / "model_index.json").is_file():
                     found.setdefault(path.stem if path.is_file() else path.name, self._entry_for(path))
         for item in self._added():
-            found[item["name"]] = ModelEntry(**{k: tuple(v) if k == "example_prompts" else v for k, v in item.items()})
+            found[item["name"]] = ModelEntry(**{k: tuple(v) if k == "example_prompts" else v
+                                                for k, v in item.items()})
         return found
 
     def add(self, location: str, name: str | None = None, config_dir: str | None = None) -> ModelEntry:
@@ -225,21 +220,18 @@ class ModelManager:
                     raise ModelError(f"{path.name} is not a .safetensors file", field="path")
                 info = inspect_checkpoint(path, "path")
                 if info.kind != "model":
-                    raise ModelError(
-                        f"{path.name} is a {info.kind}, not a checkpoint; put it in "
-                        f"{self.controlnet_dir if info.kind == 'controlnet' else self.vae_dir}",
-                        field="path",
-                    )
+                    raise ModelError(f"{path.name} is a {info.kind}, not a checkpoint; put it in "
+                                     f"{self.controlnet_dir if info.kind == 'controlnet' else self.vae_dir}",
+                                     field="path")
             elif not (path / "model_index.json").is_file():
-                raise ModelError(f"{path} is a folder without model_index.json; is it a diffusers model?", field="path")
+                raise ModelError(f"{path} is a folder without model_index.json; is it a diffusers model?",
+                                 field="path")
             entry = self._entry_for(path.resolve(), name, config_dir)
         elif _looks_like_hub_id(location):
             if self.settings.offline:
-                raise ModelError(
-                    f"{location!r} looks like a hub id, but the studio is offline "
-                    "(STUDIO_OFFLINE=1); download the model and add its folder or file instead",
-                    field="path",
-                )
+                raise ModelError(f"{location!r} looks like a hub id, but the studio is offline "
+                                 "(STUDIO_OFFLINE=1); download the model and add its folder or file instead",
+                                 field="path")
             entry = ModelEntry(name or location.split("/")[-1], "hub", location)
         else:
             raise ModelError(f"{location} does not exist", field="path")
@@ -256,11 +248,8 @@ class ModelManager:
         entries = self.entries()
         if self.settings.default_model:
             if self.settings.default_model not in entries:
-                raise NotFound(
-                    f"default model {self.settings.default_model!r} is not among the known models "
-                    f"({', '.join(entries) or 'none'})",
-                    field="default_model",
-                )
+                raise NotFound(f"default model {self.settings.default_model!r} is not among the known models "
+                               f"({', '.join(entries) or 'none'})", field="default_model")
             return self.settings.default_model
         if EMBEDDED_MODEL in entries:
             return EMBEDDED_MODEL
@@ -336,12 +325,9 @@ class ModelManager:
             if entry.source != "embedded" and any(word in name.lower() for word in CONTROL_TYPE_WORDS[control_type]):
                 return name
         hub = {"pose": "lllyasviel/control_v11p_sd15_openpose", "depth": "lllyasviel/control_v11f1p_sd15_depth"}
-        raise ModelError(
-            f"no {control_type} ControlNet for {model_name!r}: put one (e.g. the .safetensors of "
-            f"{hub[control_type]}) in {self.controlnet_dir}, with '{CONTROL_TYPE_WORDS[control_type][0]}' "
-            "in its file name, or choose one in the unit",
-            field="model",
-        )
+        raise ModelError(f"no {control_type} ControlNet for {model_name!r}: put one (e.g. the .safetensors of "
+                         f"{hub[control_type]}) in {self.controlnet_dir}, with '{CONTROL_TYPE_WORDS[control_type][0]}' "
+                         "in its file name, or choose one in the unit", field="model")
 
     def load_controlnet(self, name: str):
         """A ControlNetModel on the device in the base dtype, loaded once and cached."""
@@ -349,10 +335,8 @@ class ModelManager:
 
         entries = self.controlnet_entries()
         if name not in entries:
-            raise NotFound(
-                f"unknown ControlNet {name!r}; put it in {self.controlnet_dir} (known: {', '.join(entries) or 'none'})",
-                field="model",
-            )
+            raise NotFound(f"unknown ControlNet {name!r}; put it in {self.controlnet_dir} (known: "
+                           f"{', '.join(entries) or 'none'})", field="model")
         with self._lock:
             if name in self._controlnets:
                 return self._controlnets[name]
@@ -362,15 +346,15 @@ class ModelManager:
                     info = inspect_checkpoint(entry.path)
                     config = CONFIGS_DIR / f"controlnet-{info.family}"
                     if not config.is_dir():
-                        raise ModelError(f"no offline config for a {info.family} ControlNet in {config}", field="model")
-                    net = diffusers.ControlNetModel.from_single_file(
-                        str(entry.path), config=str(config), local_files_only=True, dtype=self.placement.dtype
-                    )
+                        raise ModelError(f"no offline config for a {info.family} ControlNet in {config}",
+                                         field="model")
+                    net = diffusers.ControlNetModel.from_single_file(str(entry.path), config=str(config),
+                                                                     local_files_only=True,
+                                                                     dtype=self.placement.dtype)
                 else:
                     self._check_folder_weights(entry.path)
-                    net = diffusers.ControlNetModel.from_pretrained(
-                        entry.location, local_files_only=True, dtype=self.placement.dtype
-                    )
+                    net = diffusers.ControlNetModel.from_pretrained(entry.location, local_files_only=True,
+                                                                    dtype=self.placement.dtype)
             except ModelError:
                 raise
             except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:
@@ -384,9 +368,8 @@ class ModelManager:
     def vae_names(self) -> list[str]:
         if not self.vae_dir.is_dir():
             return []
-        return sorted(
-            p.name for p in self.vae_dir.iterdir() if p.suffix == ".safetensors" or (p / "config.json").is_file()
-        )
+        return sorted(p.name for p in self.vae_dir.iterdir()
+                      if p.suffix == ".safetensors" or (p / "config.json").is_file())
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -452,14 +435,14 @@ class ModelManager:
                 family = info.family
                 config = entry.config_dir or str(CONFIGS_DIR / info.config_name)
                 if not Path(config).is_dir():
-                    raise ModelError(
-                        f"no offline config for a {info.config_name} checkpoint in {config}", field="model"
-                    )
+                    raise ModelError(f"no offline config for a {info.config_name} checkpoint in {config}",
+                                     field="model")
                 if entry.config_dir is None:  # ours ship without the BPE files: add them (once, cached)
                     config = str(complete_config(Path(config), TOKENIZER_DIR, self.settings.data_dir / "configs"))
                 cls = getattr(diffusers, PIPELINE_CLASSES[("sdxl" if family == "sdxl" else "sd", "txt2img")])
                 extra = {} if family == "sdxl" else _SD_ONLY_KWARGS
-                pipe = cls.from_single_file(str(entry.path), config=config, local_files_only=True, **common, **extra)
+                pipe = cls.from_single_file(str(entry.path), config=config, local_files_only=True,
+                                            **common, **extra)
             else:
                 location = entry.location
                 if entry.source == "hub":
@@ -490,7 +473,8 @@ class ModelManager:
     def _check_folder_weights(folder: Path) -> None:
         for path in folder.rglob("*"):
             if path.suffix in PICKLE_SUFFIXES:
-                raise ModelError(f"{path} is a pickle file; the studio loads only .safetensors weights", field="model")
+                raise ModelError(f"{path} is a pickle file; the studio loads only .safetensors weights",
+                                 field="model")
             if path.suffix == ".safetensors":
                 read_header(path)
 
@@ -505,18 +489,14 @@ class ModelManager:
                 raise NotFound(f"unknown VAE {name!r}; put it in {self.vae_dir}", field="vae")
             try:
                 if path.is_dir():
-                    vae = diffusers.AutoencoderKL.from_pretrained(
-                        str(path), dtype=self.placement.dtype, local_files_only=True
-                    )
+                    vae = diffusers.AutoencoderKL.from_pretrained(str(path), dtype=self.placement.dtype,
+                                                                  local_files_only=True)
                 else:
                     refuse_pickle(path)
                     read_header(path)
                     vae = diffusers.AutoencoderKL.from_single_file(
-                        str(path),
-                        config=str(CONFIGS_DIR / family / "vae"),
-                        local_files_only=True,
-                        dtype=self.placement.dtype,
-                    )
+                        str(path), config=str(CONFIGS_DIR / family / "vae"), local_files_only=True,
+                        dtype=self.placement.dtype)
             except (OSError, ValueError, RuntimeError, KeyError) as error:
                 raise ModelError(f"could not load VAE {name!r}: {error}", field="vae") from error
             self._vaes[key] = vae.to(self.placement.device)
@@ -559,13 +539,8 @@ class ModelManager:
 
     def describe(self, entry: ModelEntry) -> dict:
         """Registry row for the Models tab and `studio models list`."""
-        row = {
-            "name": entry.name,
-            "source": entry.source,
-            "location": entry.location,
-            "loaded": entry.name in self._cache,
-            "description": entry.description,
-        }
+        row = {"name": entry.name, "source": entry.source, "location": entry.location,
+               "loaded": entry.name in self._cache, "description": entry.description}
         if entry.source == "single_file" and entry.path.exists():
             try:
                 info = inspect_checkpoint(entry.path)

@@ -71,98 +71,50 @@ POSE_PRESETS: dict[str, list[Point]] = {
     "standing": _preset(
         **_face(),
         neck=(0.5, 0.25),
-        r_shoulder=(0.39, 0.27),
-        r_elbow=(0.32, 0.41),
-        r_wrist=(0.27, 0.54),
-        l_shoulder=(0.61, 0.27),
-        l_elbow=(0.68, 0.41),
-        l_wrist=(0.73, 0.54),
-        r_hip=(0.44, 0.55),
-        r_knee=(0.41, 0.74),
-        r_ankle=(0.38, 0.93),
-        l_hip=(0.56, 0.55),
-        l_knee=(0.59, 0.74),
-        l_ankle=(0.62, 0.93),
+        r_shoulder=(0.39, 0.27), r_elbow=(0.32, 0.41), r_wrist=(0.27, 0.54),
+        l_shoulder=(0.61, 0.27), l_elbow=(0.68, 0.41), l_wrist=(0.73, 0.54),
+        r_hip=(0.44, 0.55), r_knee=(0.41, 0.74), r_ankle=(0.38, 0.93),
+        l_hip=(0.56, 0.55), l_knee=(0.59, 0.74), l_ankle=(0.62, 0.93),
     ),
     "arms up": _preset(
         **_face(),
         neck=(0.5, 0.25),
-        r_shoulder=(0.39, 0.27),
-        r_elbow=(0.32, 0.14),
-        r_wrist=(0.28, 0.02),
-        l_shoulder=(0.61, 0.27),
-        l_elbow=(0.68, 0.14),
-        l_wrist=(0.72, 0.02),
-        r_hip=(0.44, 0.55),
-        r_knee=(0.41, 0.74),
-        r_ankle=(0.38, 0.93),
-        l_hip=(0.56, 0.55),
-        l_knee=(0.59, 0.74),
-        l_ankle=(0.62, 0.93),
+        r_shoulder=(0.39, 0.27), r_elbow=(0.32, 0.14), r_wrist=(0.28, 0.02),
+        l_shoulder=(0.61, 0.27), l_elbow=(0.68, 0.14), l_wrist=(0.72, 0.02),
+        r_hip=(0.44, 0.55), r_knee=(0.41, 0.74), r_ankle=(0.38, 0.93),
+        l_hip=(0.56, 0.55), l_knee=(0.59, 0.74), l_ankle=(0.62, 0.93),
     ),
     "walking": _preset(
         **_face(),
         neck=(0.5, 0.25),
-        r_shoulder=(0.39, 0.27),
-        r_elbow=(0.33, 0.40),
-        r_wrist=(0.28, 0.52),
-        l_shoulder=(0.61, 0.27),
-        l_elbow=(0.66, 0.41),
-        l_wrist=(0.70, 0.51),
-        r_hip=(0.44, 0.55),
-        r_knee=(0.37, 0.73),
-        r_ankle=(0.31, 0.92),
-        l_hip=(0.56, 0.55),
-        l_knee=(0.60, 0.74),
-        l_ankle=(0.66, 0.93),
+        r_shoulder=(0.39, 0.27), r_elbow=(0.33, 0.40), r_wrist=(0.28, 0.52),
+        l_shoulder=(0.61, 0.27), l_elbow=(0.66, 0.41), l_wrist=(0.70, 0.51),
+        r_hip=(0.44, 0.55), r_knee=(0.37, 0.73), r_ankle=(0.31, 0.92),
+        l_hip=(0.56, 0.55), l_knee=(0.60, 0.74), l_ankle=(0.66, 0.93),
     ),
     "sitting": _preset(
         **_face(0.5, 0.26),
         neck=(0.5, 0.37),
-        r_shoulder=(0.39, 0.39),
-        r_elbow=(0.31, 0.52),
-        r_wrist=(0.36, 0.63),
-        l_shoulder=(0.61, 0.39),
-        l_elbow=(0.69, 0.52),
-        l_wrist=(0.64, 0.63),
-        r_hip=(0.44, 0.66),
-        r_knee=(0.29, 0.72),
-        r_ankle=(0.29, 0.93),
-        l_hip=(0.56, 0.66),
-        l_knee=(0.71, 0.72),
-        l_ankle=(0.71, 0.93),
+        r_shoulder=(0.39, 0.39), r_elbow=(0.31, 0.52), r_wrist=(0.36, 0.63),
+        l_shoulder=(0.61, 0.39), l_elbow=(0.69, 0.52), l_wrist=(0.64, 0.63),
+        r_hip=(0.44, 0.66), r_knee=(0.29, 0.72), r_ankle=(0.29, 0.93),
+        l_hip=(0.56, 0.66), l_knee=(0.71, 0.72), l_ankle=(0.71, 0.93),
     ),
     "t-pose": _preset(
         **_face(),
         neck=(0.5, 0.25),
-        r_shoulder=(0.39, 0.27),
-        r_elbow=(0.25, 0.27),
-        r_wrist=(0.11, 0.27),
-        l_shoulder=(0.61, 0.27),
-        l_elbow=(0.75, 0.27),
-        l_wrist=(0.89, 0.27),
-        r_hip=(0.44, 0.55),
-        r_knee=(0.41, 0.74),
-        r_ankle=(0.38, 0.93),
-        l_hip=(0.56, 0.55),
-        l_knee=(0.59, 0.74),
-        l_ankle=(0.62, 0.93),
+        r_shoulder=(0.39, 0.27), r_elbow=(0.25, 0.27), r_wrist=(0.11, 0.27),
+        l_shoulder=(0.61, 0.27), l_elbow=(0.75, 0.27), l_wrist=(0.89, 0.27),
+        r_hip=(0.44, 0.55), r_knee=(0.41, 0.74), r_ankle=(0.38, 0.93),
+        l_hip=(0.56, 0.55), l_knee=(0.59, 0.74), l_ankle=(0.62, 0.93),
     ),
     "waving": _preset(
         **_face(),
         neck=(0.5, 0.25),
-        r_shoulder=(0.39, 0.27),
-        r_elbow=(0.32, 0.41),
-        r_wrist=(0.27, 0.54),
-        l_shoulder=(0.61, 0.27),
-        l_elbow=(0.75, 0.22),
-        l_wrist=(0.76, 0.06),
-        r_hip=(0.44, 0.55),
-        r_knee=(0.41, 0.74),
-        r_ankle=(0.38, 0.93),
-        l_hip=(0.56, 0.55),
-        l_knee=(0.59, 0.74),
-        l_ankle=(0.62, 0.93),
+        r_shoulder=(0.39, 0.27), r_elbow=(0.32, 0.41), r_wrist=(0.27, 0.54),
+        l_shoulder=(0.61, 0.27), l_elbow=(0.75, 0.22), l_wrist=(0.76, 0.06),
+        r_hip=(0.44, 0.55), r_knee=(0.41, 0.74), r_ankle=(0.38, 0.93),
+        l_hip=(0.56, 0.55), l_knee=(0.59, 0.74), l_ankle=(0.62, 0.93),
     ),
 }
 
@@ -189,9 +141,7 @@ def _check_pose(keypoints: Pose, where: str = "keypoints") -> None:
         if point is None:
             continue
         if len(point) != 2 or not all(isinstance(v, (int, float, np.number)) and math.isfinite(v) for v in point):
-            raise ValueError(
-                f"{where}[{index}] ({KEYPOINT_NAMES[index]}) must be (x, y) numbers or None, got {point!r}"
-            )
+            raise ValueError(f"{where}[{index}] ({KEYPOINT_NAMES[index]}) must be (x, y) numbers or None, got {point!r}")
 
 
 def draw_body_poses(poses: Sequence[Pose], width: int, height: int) -> Image.Image:
@@ -229,14 +179,12 @@ def pose_to_openpose_json(poses: Sequence[Pose], width: int, height: int) -> dic
         for point in keypoints:
             flat.extend([0.0, 0.0, 0.0] if point is None else [float(point[0]), float(point[1]), 1.0])
         # Hands and face are empty: the editor and ControlNet read null as "not given".
-        people.append(
-            {
-                "pose_keypoints_2d": flat,
-                "face_keypoints_2d": None,
-                "hand_left_keypoints_2d": None,
-                "hand_right_keypoints_2d": None,
-            }
-        )
+        people.append({
+            "pose_keypoints_2d": flat,
+            "face_keypoints_2d": None,
+            "hand_left_keypoints_2d": None,
+            "hand_right_keypoints_2d": None,
+        })
     return {"canvas_width": int(width), "canvas_height": int(height), "people": people}
 
 

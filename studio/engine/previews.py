@@ -7,18 +7,10 @@ from PIL import Image
 
 # Linear projections of the 4 SD latent channels onto RGB, fitted by the community (the SD
 # VAE is close to linear at the pixel-colour level); good enough to watch a run take shape.
-SD_LATENT_RGB = (
-    (0.3512, 0.2297, 0.3227),
-    (0.3250, 0.4974, 0.2350),
-    (-0.2829, 0.1762, 0.2721),
-    (-0.2120, -0.2616, -0.7177),
-)
-SDXL_LATENT_RGB = (
-    (0.3651, 0.4232, 0.4341),
-    (-0.2533, -0.0042, 0.1068),
-    (0.1076, 0.1111, -0.0362),
-    (-0.3165, -0.2492, -0.2188),
-)
+SD_LATENT_RGB = ((0.3512, 0.2297, 0.3227), (0.3250, 0.4974, 0.2350),
+                 (-0.2829, 0.1762, 0.2721), (-0.2120, -0.2616, -0.7177))
+SDXL_LATENT_RGB = ((0.3651, 0.4232, 0.4341), (-0.2533, -0.0042, 0.1068),
+                   (0.1076, 0.1111, -0.0362), (-0.3165, -0.2492, -0.2188))
 SDXL_LATENT_BIAS = (0.1084, -0.0175, -0.0011)
 # Below this many VAE parameters, decoding for real is as cheap as the projection.
 SMALL_VAE_PARAMS = 5_000_000

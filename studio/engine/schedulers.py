@@ -23,9 +23,7 @@ SAMPLERS: dict[str, Sampler] = {
     s.name: s
     for s in (
         Sampler("DPM++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-        Sampler(
-            "DPM++ 2M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
-        ),
+        Sampler("DPM++ 2M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
         Sampler("DPM++ SDE", "DPMSolverSDEScheduler"),
         Sampler("DPM++ 2S", "DPMSolverSinglestepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
         Sampler("Euler", "EulerDiscreteScheduler"),
@@ -48,15 +46,8 @@ ALIASES = {"PLMS": "PNDM", "k_euler": "Euler", "k_euler_a": "Euler a", "k_lms": 
 # The schedule keys a fresh scheduler inherits from the model's own: they describe how the
 # model was trained (betas, prediction type), not how we sample.
 _TRAINING_KEYS = (
-    "num_train_timesteps",
-    "beta_start",
-    "beta_end",
-    "beta_schedule",
-    "trained_betas",
-    "prediction_type",
-    "timestep_spacing",
-    "steps_offset",
-    "rescale_betas_zero_snr",
+    "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+    "prediction_type", "timestep_spacing", "steps_offset", "rescale_betas_zero_snr",
 )
 
 
@@ -97,7 +88,5 @@ def make_scheduler(name: str, karras: bool, base_config: dict):
 
 def describe_scheduler(scheduler) -> dict:
     """The scheduler's class and full config, as stored in a history row."""
-    return {
-        "class": type(scheduler).__name__,
-        "config": {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")},
-    }
+    return {"class": type(scheduler).__name__, "config": {k: v for k, v in dict(scheduler.config).items()
+                                                          if not k.startswith("_")}}

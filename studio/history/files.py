@@ -72,9 +72,8 @@ class BlobStore:
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / f"{sha256}.png"
 
-    def put_image(
-        self, image: Image.Image, parameters: str | None = None, request_json: dict | None = None
-    ) -> StoredBlob:
+    def put_image(self, image: Image.Image, parameters: str | None = None,
+                  request_json: dict | None = None) -> StoredBlob:
         """Store an image (once per distinct content); the file is complete before this returns."""
         data = encode_png(image, parameters, request_json)
         sha = hashlib.sha256(data).hexdigest()

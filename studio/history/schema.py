@@ -72,9 +72,7 @@ class Run(Base):
     starred: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
 
     images: Mapped[list[RunImage]] = relationship(
-        back_populates="run",
-        cascade="all, delete-orphan",
-        passive_deletes=True,
+        back_populates="run", cascade="all, delete-orphan", passive_deletes=True,
         order_by="(RunImage.role, RunImage.position)",
     )
 

@@ -92,15 +92,8 @@ class HistoryStore:
 
     def _add_blob(self, session, stored: StoredBlob) -> None:
         if session.get(Blob, stored.sha256) is None:
-            session.add(
-                Blob(
-                    sha256=stored.sha256,
-                    pixels_sha256=stored.pixels_sha256,
-                    size_bytes=stored.size_bytes,
-                    width=stored.width,
-                    height=stored.height,
-                )
-            )
+            session.add(Blob(sha256=stored.sha256, pixels_sha256=stored.pixels_sha256,
+                             size_bytes=stored.size_bytes, width=stored.width, height=stored.height))
             session.flush()
 
     def start(self, fields: dict, inputs: dict[str, Image.Image]) -> int:
@@ -112,55 +105,35 @@ class HistoryStore:
             session.flush()
             for position, (name, blob) in enumerate(stored.items()):
                 self._add_blob(session, blob)
-                session.add(
-                    RunImage(run_id=run.id, role="input", name=name, position=position, blob_sha256=blob.sha256)
-                )
+                session.add(RunImage(run_id=run.id, role="input", name=name, position=position,
+                                     blob_sha256=blob.sha256))
             return run.id
 
-    def finish(
-        self,
-        run_id: int,
-        outputs: list[tuple[Image.Image, int, str, dict]],
-        *,
-        status: str = "done",
-        duration_s: float | None = None,
-        timings: dict | None = None,
-        error: str | None = None,
-    ) -> list[ImageRef]:
+    def finish(self, run_id: int, outputs: list[tuple[Image.Image, int, str, dict]], *,
+               status: str = "done", duration_s: float | None = None, timings: dict | None = None,
+               error: str | None = None) -> list[ImageRef]:
         """Write output files first, then mark the row done (or interrupted) with them in one transaction.
 
         outputs: (image, seed, A1111 parameters text, request JSON) per image.
         """
-        stored = [
-            (self.blobs.put_image(image, text, request_json), seed) for image, seed, text, request_json in outputs
-        ]
+        stored = [(self.blobs.put_image(image, text, request_json), seed)
+                  for image, seed, text, request_json in outputs]
         with self.db.transaction() as session:
             run = session.get(Run, run_id)
             if run is None:
                 raise NotFound(f"run {run_id} does not exist", field="run")
             for position, (blob, seed) in enumerate(stored):
                 self._add_blob(session, blob)
-                session.add(
-                    RunImage(
-                        run_id=run_id,
-                        role="output",
-                        name="output",
-                        position=position,
-                        blob_sha256=blob.sha256,
-                        seed=seed,
-                    )
-                )
+                session.add(RunImage(run_id=run_id, role="output", name="output", position=position,
+                                     blob_sha256=blob.sha256, seed=seed))
             run.status, run.finished_at = status, utcnow()
             run.duration_s, run.timings, run.error = duration_s, timings, error
         return [ImageRef("output", i, b.sha256, b.path, seed) for i, (b, seed) in enumerate(stored)]
 
     def fail(self, run_id: int, message: str, duration_s: float | None = None) -> None:
         with self.db.transaction() as session:
-            session.execute(
-                update(Run)
-                .where(Run.id == run_id)
-                .values(status="failed", error=message, finished_at=utcnow(), duration_s=duration_s)
-            )
+            session.execute(update(Run).where(Run.id == run_id).values(
+                status="failed", error=message, finished_at=utcnow(), duration_s=duration_s))
 
     def star(self, run_id: int, starred: bool = True) -> None:
         with self.db.transaction() as session:
@@ -191,15 +164,9 @@ class HistoryStore:
         with self.db.transaction() as session:
             running = list(session.scalars(select(Run.id).where(Run.status == "running")))
             if running:
-                session.execute(
-                    update(Run)
-                    .where(Run.id.in_(running))
-                    .values(
-                        status="interrupted",
-                        finished_at=utcnow(),
-                        error="the studio stopped while this run was in progress",
-                    )
-                )
+                session.execute(update(Run).where(Run.id.in_(running)).values(
+                    status="interrupted", finished_at=utcnow(),
+                    error="the studio stopped while this run was in progress"))
             known = set(session.scalars(select(Blob.sha256)))
             references = session.execute(select(RunImage.run_id, RunImage.blob_sha256)).all()
         on_disk = self.blobs.all_hashes()
@@ -212,9 +179,8 @@ class HistoryStore:
         values = {name: getattr(run, name) for name in _RUN_COLUMNS}
         refs = {"input": [], "output": []}
         for image in sorted(run.images, key=lambda i: (i.role, i.position)):
-            refs[image.role].append(
-                ImageRef(image.name, image.position, image.blob_sha256, self.blobs.path(image.blob_sha256), image.seed)
-            )
+            refs[image.role].append(ImageRef(image.name, image.position, image.blob_sha256,
+                                             self.blobs.path(image.blob_sha256), image.seed))
         return RunRecord(**values, inputs=tuple(refs["input"]), outputs=tuple(refs["output"]))
 
     def get(self, run_id: int) -> RunRecord:
@@ -224,24 +190,14 @@ class HistoryStore:
                 raise NotFound(f"run {run_id} does not exist", field="run")
             return self._record(run)
 
-    def search(
-        self,
-        text: str | None = None,
-        *,
-        mode: str | None = None,
-        model: str | None = None,
-        starred: bool | None = None,
-        status: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> list[RunRecord]:
+    def search(self, text: str | None = None, *, mode: str | None = None, model: str | None = None,
+               starred: bool | None = None, status: str | None = None, limit: int = 50,
+               offset: int = 0) -> list[RunRecord]:
         """Newest first; text matches prompt or negative prompt, case-insensitively."""
         query = select(Run).order_by(Run.created_at.desc(), Run.id.desc())
         if text:
             pattern = f"%{text.lower()}%"
-            query = query.where(
-                or_(func.lower(Run.prompt).like(pattern), func.lower(Run.negative_prompt).like(pattern))
-            )
+            query = query.where(or_(func.lower(Run.prompt).like(pattern), func.lower(Run.negative_prompt).like(pattern)))
         if mode:
             query = query.where(Run.mode == mode)
         if model:
@@ -272,12 +228,9 @@ class HistoryStore:
         digest = pixels_hash(image)
         with self.db.transaction() as session:
             return session.scalar(
-                select(RunImage.run_id)
-                .join(Blob, Blob.sha256 == RunImage.blob_sha256)
+                select(RunImage.run_id).join(Blob, Blob.sha256 == RunImage.blob_sha256)
                 .where(Blob.pixels_sha256 == digest, RunImage.role == "output")
-                .order_by(RunImage.run_id.desc())
-                .limit(1)
-            )
+                .order_by(RunImage.run_id.desc()).limit(1))
 
     def lineage(self, run_id: int) -> tuple[list[RunRecord], list[RunRecord]]:
         """(ancestors from the root down to this run, direct children) of a run."""
@@ -290,7 +243,6 @@ class HistoryStore:
             chain.append(record)
             current = record.parent_id
         with self.db.transaction() as session:
-            children = [
-                self._record(r) for r in session.scalars(select(Run).where(Run.parent_id == run_id).order_by(Run.id))
-            ]
+            children = [self._record(r) for r in session.scalars(
+                select(Run).where(Run.parent_id == run_id).order_by(Run.id))]
         return list(reversed(chain)), children

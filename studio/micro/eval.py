@@ -161,9 +161,8 @@ def evaluate_controlnets(pipe, args, judge, world) -> dict:
             scenes = [world.scene_from_seed(s) for s in seeds]
             hints = [world.render_depth(scene).convert("RGB") for scene in scenes]
         prompts = [world.caption(scene, np.random.default_rng([s, 2])) for scene, s in zip(scenes, seeds)]
-        controlled = generate(
-            control_pipe, prompts, seeds, args, image=hints, controlnet_conditioning_scale=args.control_scale
-        )
+        controlled = generate(control_pipe, prompts, seeds, args, image=hints,
+                              controlnet_conditioning_scale=args.control_scale)
         plain = generate(pipe, prompts, seeds, args)
         truth = [world.render_image(scene) for scene in scenes]
         if kind == "pose":

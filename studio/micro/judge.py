@@ -107,9 +107,7 @@ def _smallest_enclosing_triangle(hull: np.ndarray) -> float:
     """
     points = hull.reshape(-1, 2).astype(np.float64)
     if len(points) > 24:  # thin the outline; the long edges that matter survive
-        points = (
-            cv2.approxPolyDP(points.astype(np.float32).reshape(-1, 1, 2), 0.5, True).reshape(-1, 2).astype(np.float64)
-        )
+        points = cv2.approxPolyDP(points.astype(np.float32).reshape(-1, 1, 2), 0.5, True).reshape(-1, 2).astype(np.float64)
     n = len(points)
     if n < 3:
         return 0.0

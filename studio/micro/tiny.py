@@ -13,15 +13,8 @@ from pathlib import Path
 from studio.settings import ASSETS_DIR
 
 TOKENIZER_DIR = ASSETS_DIR / "tokenizer"
-SD_SCHEDULER = dict(
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    num_train_timesteps=1000,
-    skip_prk_steps=True,
-    steps_offset=1,
-    set_alpha_to_one=False,
-)
+SD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                    skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
 
 
 def tiny_unet(seed: int = 0, in_channels: int = 4, cross_attention_dim: int = 32):
@@ -30,16 +23,10 @@ def tiny_unet(seed: int = 0, in_channels: int = 4, cross_attention_dim: int = 32
 
     torch.manual_seed(seed)
     return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=in_channels,
-        out_channels=4,
-        layers_per_block=2,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=cross_attention_dim,
-        attention_head_dim=8,
-        norm_num_groups=32,
+        sample_size=8, in_channels=in_channels, out_channels=4, layers_per_block=2,
+        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8, norm_num_groups=32,
     )
 
 
@@ -49,15 +36,9 @@ def tiny_vae(seed: int = 0):
 
     torch.manual_seed(seed)
     return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        sample_size=64,
-        layers_per_block=1,
-        block_out_channels=(8, 16, 16, 16),
-        norm_num_groups=8,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=64, layers_per_block=1,
+        block_out_channels=(8, 16, 16, 16), norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
     )
 
 
@@ -67,16 +48,9 @@ def tiny_text_encoder(seed: int = 0, hidden_size: int = 32):
 
     torch.manual_seed(seed)
     config = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=hidden_size,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        max_position_embeddings=77,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
-        layer_norm_eps=1e-5,
+        vocab_size=49408, hidden_size=hidden_size, intermediate_size=37, num_attention_heads=4,
+        num_hidden_layers=2, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
+        pad_token_id=49407, layer_norm_eps=1e-5,
     )
     return CLIPTextModel(config)
 
@@ -92,14 +66,9 @@ def tiny_pipeline(seed: int = 0, inpaint: bool = False):
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
     return StableDiffusionPipeline(
-        vae=tiny_vae(seed),
-        text_encoder=tiny_text_encoder(seed),
-        tokenizer=tokenizer(),
-        unet=tiny_unet(seed, in_channels=9 if inpaint else 4),
-        scheduler=PNDMScheduler(**SD_SCHEDULER),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        vae=tiny_vae(seed), text_encoder=tiny_text_encoder(seed), tokenizer=tokenizer(),
+        unet=tiny_unet(seed, in_channels=9 if inpaint else 4), scheduler=PNDMScheduler(**SD_SCHEDULER),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
 
 

@@ -386,12 +386,8 @@ def validate(options: RunOptions, world, tokenizer) -> list[str]:
                 "finish it with --phase vae --resume"
             )
     control = [p for p in options.phases if p.startswith("controlnet")]
-    if (
-        control
-        and "unet" not in options.phases
-        and options.init_from is None
-        and read_checkpoint_state(options.out, "unet") is None
-    ):
+    if (control and "unet" not in options.phases and options.init_from is None
+            and read_checkpoint_state(options.out, "unet") is None):
         problems.append(f"--phase {control[0]} needs a trained UNet: no checkpoint in {options.out / 'unet'}")
     free = shutil.disk_usage(options.out).free / 1e9
     if free < 2:

@@ -38,7 +38,11 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle", "figure")
 SIZES = ("small", "large")
 # Row-major 3x3 grid: POSITIONS[row * 3 + column].
-POSITIONS = ("top left", "top", "top right", "left", "centre", "right", "bottom left", "bottom", "bottom right")
+POSITIONS = (
+    "top left", "top", "top right",
+    "left", "centre", "right",
+    "bottom left", "bottom", "bottom right",
+)
 
 RADIUS = {"small": 12.0, "large": 21.0}  # pixels at SIZE=128, +-RADIUS_JITTER
 RADIUS_JITTER = 1.0
@@ -114,11 +118,7 @@ def _extent(shape: str, radius: float) -> tuple[float, float]:
     if shape == "circle":
         return radius, radius
     if shape == "square":
-        half = (
-            SQUARE_HALF_SIDE
-            * radius
-            * (math.cos(math.radians(MAX_ROTATION_DEG)) + math.sin(math.radians(MAX_ROTATION_DEG)))
-        )
+        half = SQUARE_HALF_SIDE * radius * (math.cos(math.radians(MAX_ROTATION_DEG)) + math.sin(math.radians(MAX_ROTATION_DEG)))
         return half, half
     if shape == "triangle":
         return TRIANGLE_CIRCUMRADIUS * radius, TRIANGLE_CIRCUMRADIUS * radius
@@ -141,7 +141,7 @@ def _place(rng: np.random.Generator, shape: str, size: str, position: str) -> tu
 
 def _overlap_free(placed: list[tuple[str, tuple[float, float], float]]) -> bool:
     for i, (shape_a, (xa, ya), ra) in enumerate(placed):
-        for shape_b, (xb, yb), rb in placed[i + 1 :]:
+        for shape_b, (xb, yb), rb in placed[i + 1:]:
             reach = max(_extent(shape_a, ra)) + max(_extent(shape_b, rb))
             # Extents are upper bounds, so shapes placed this far apart never touch.
             if math.hypot(xa - xb, ya - yb) < reach + MIN_GAP:
@@ -233,15 +233,7 @@ _HEAD = (0, 14, 15, 16, 17)
 
 def _draw(obj: SceneObject, canvas: np.ndarray, origin: tuple[int, int]) -> None:
     if obj.shape == "circle":
-        cv2.circle(
-            canvas,
-            _fixed(obj.centre, origin),
-            int(round(obj.radius * SUPERSAMPLE * (1 << _SHIFT))),
-            255,
-            -1,
-            cv2.LINE_8,
-            _SHIFT,
-        )
+        cv2.circle(canvas, _fixed(obj.centre, origin), int(round(obj.radius * SUPERSAMPLE * (1 << _SHIFT))), 255, -1, cv2.LINE_8, _SHIFT)
     elif obj.shape in ("square", "triangle"):
         points = np.array([_fixed(p, origin) for p in _polygon(obj)], dtype=np.int32)
         cv2.fillConvexPoly(canvas, points, 255, cv2.LINE_8, _SHIFT)
@@ -457,16 +449,12 @@ def captions(scene: Scene, rng: np.random.Generator, n: int = 5) -> list[str]:
 # ---------------------------------------------------------------------------- parsing
 
 _COLOUR_RE = "|".join(COLOURS)
-_SHAPE_SYNONYMS = {
-    "circle": "circle",
-    "square": "square",
-    "triangle": "triangle",
-    "figure": "figure",
-    "person": "figure",
-}
+_SHAPE_SYNONYMS = {"circle": "circle", "square": "square", "triangle": "triangle", "figure": "figure", "person": "figure"}
 _SIZE_SYNONYMS = {"small": "small", "little": "small", "tiny": "small", "large": "large", "big": "large"}
 _BACKGROUND = re.compile(rf"\b({_COLOUR_RE})\s+background\b")
-_OBJECT = re.compile(rf"\b(?:({'|'.join(_SIZE_SYNONYMS)})\s+)?({_COLOUR_RE})\s+({'|'.join(_SHAPE_SYNONYMS)})s?\b")
+_OBJECT = re.compile(
+    rf"\b(?:({'|'.join(_SIZE_SYNONYMS)})\s+)?({_COLOUR_RE})\s+({'|'.join(_SHAPE_SYNONYMS)})s?\b"
+)
 _POSITION = re.compile(r"\b(top left|top right|bottom left|bottom right|top|bottom|left|right|centre)\b")
 
 
@@ -484,7 +472,7 @@ def parse_prompt(prompt: str) -> dict:
     background = _BACKGROUND.search(text)
     if background:
         result["background"] = background.group(1)
-        text = text[: background.start()] + "|" * (background.end() - background.start()) + text[background.end() :]
+        text = text[: background.start()] + "|" * (background.end() - background.start()) + text[background.end():]
 
     objects = list(_OBJECT.finditer(text))
     if not objects:

@@ -64,7 +64,8 @@ def build_ui(services: Services) -> gr.Blocks:
     native = services.models.native_size(services.models.resolve(default))
     with gr.Blocks(title="studio") as demo:
         with gr.Row(equal_height=True):
-            model = gr.Dropdown(model_choices(services), value=default, label="Model", scale=3, elem_id="model-select")
+            model = gr.Dropdown(model_choices(services), value=default, label="Model", scale=3,
+                                elem_id="model-select")
             vae = gr.Dropdown(vae_choices(services), value="Automatic", label="VAE", scale=2, elem_id="vae-select")
         note = gr.Markdown(model_note(services, default), elem_id="model-note", elem_classes=["studio-model-note"])
         with gr.Tabs(selected="txt2img") as tabs:

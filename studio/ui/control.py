@@ -29,157 +29,80 @@ class UnitWidgets:
         with gr.Accordion(f"Control unit {index + 1}", open=index == 0, elem_id=prefix):
             with gr.Row():
                 self.enabled = gr.Checkbox(value=index == 0, label="Enabled", elem_id=f"{prefix}-enabled")
-                self.type = gr.Radio(
-                    list(CONTROL_TYPES), value="pose" if index != 1 else "depth", label="Type", elem_id=f"{prefix}-type"
-                )
-                self.preprocess = gr.Checkbox(
-                    value=True, label="Preprocess (detect the pose/depth in a photo)", elem_id=f"{prefix}-preprocess"
-                )
+                self.type = gr.Radio(list(CONTROL_TYPES), value="pose" if index != 1 else "depth", label="Type",
+                                     elem_id=f"{prefix}-type")
+                self.preprocess = gr.Checkbox(value=True, label="Preprocess (detect the pose/depth in a photo)",
+                                              elem_id=f"{prefix}-preprocess")
             with gr.Row():
                 # OpenPose's hand and face models (A1111's openpose_hand / _face / _full)
                 self.hands = gr.Checkbox(value=False, label="Pose: also detect hands", elem_id=f"{prefix}-hands")
                 self.face = gr.Checkbox(value=False, label="Pose: also detect the face", elem_id=f"{prefix}-face")
             with gr.Row():
-                self.image = gr.Image(
-                    type="pil",
-                    format="png",
-                    label="Photo, or a ready control map",
-                    sources=["upload", "clipboard"],
-                    elem_id=f"{prefix}-image",
-                    height=220,
-                )
-                self.map = gr.Image(
-                    type="pil",
-                    format="png",
-                    label="Control map (what the ControlNet sees)",
-                    interactive=False,
-                    elem_id=f"{prefix}-map",
-                    height=220,
-                )
+                self.image = gr.Image(type="pil", format="png", label="Photo, or a ready control map",
+                                      sources=["upload", "clipboard"], elem_id=f"{prefix}-image", height=220)
+                self.map = gr.Image(type="pil", format="png", label="Control map (what the ControlNet sees)",
+                                    interactive=False, elem_id=f"{prefix}-map", height=220)
             with gr.Row():
-                self.weight = gr.Slider(
-                    0,
-                    2,
-                    value=CONTROL_UNIT_DEFAULTS["weight"],
-                    step=0.05,
-                    label="Control weight",
-                    elem_id=f"{prefix}-weight",
-                )
+                self.weight = gr.Slider(0, 2, value=CONTROL_UNIT_DEFAULTS["weight"], step=0.05, label="Control weight",
+                                        elem_id=f"{prefix}-weight")
                 self.start = gr.Slider(0, 1, value=0.0, step=0.01, label="Guidance start", elem_id=f"{prefix}-start")
                 self.end = gr.Slider(0, 1, value=1.0, step=0.01, label="Guidance end", elem_id=f"{prefix}-end")
             with gr.Row():
-                self.guess_mode = gr.Checkbox(
-                    value=False, label="Guess mode (ControlNet is more important)", elem_id=f"{prefix}-guess"
-                )
-                self.model = gr.Dropdown(
-                    [AUTOMATIC, *services.models.controlnet_entries()],
-                    value=AUTOMATIC,
-                    label="ControlNet",
-                    allow_custom_value=True,
-                    elem_id=f"{prefix}-model",
-                )
+                self.guess_mode = gr.Checkbox(value=False, label="Guess mode (ControlNet is more important)",
+                                              elem_id=f"{prefix}-guess")
+                self.model = gr.Dropdown([AUTOMATIC, *services.models.controlnet_entries()], value=AUTOMATIC,
+                                         label="ControlNet", allow_custom_value=True, elem_id=f"{prefix}-model")
                 self.detect = gr.Button("Show the control map", size="sm", elem_id=f"{prefix}-detect")
             with gr.Accordion("Pose without a photo: presets and OpenPose JSON", open=False):
                 with gr.Row():
-                    self.preset = gr.Dropdown(
-                        list(openpose.POSE_PRESETS), label="Pose preset", elem_id=f"{prefix}-preset"
-                    )
+                    self.preset = gr.Dropdown(list(openpose.POSE_PRESETS), label="Pose preset",
+                                              elem_id=f"{prefix}-preset")
                     self.use_preset = gr.Button("Use preset", size="sm", elem_id=f"{prefix}-use-preset")
                 with gr.Row():
-                    self.pose_json = gr.File(
-                        label="Import OpenPose JSON", file_types=[".json"], elem_id=f"{prefix}-pose-json"
-                    )
+                    self.pose_json = gr.File(label="Import OpenPose JSON", file_types=[".json"],
+                                             elem_id=f"{prefix}-pose-json")
                     self.export = gr.Button("Export pose as OpenPose JSON", size="sm", elem_id=f"{prefix}-export")
                     self.exported = gr.File(label="Exported JSON", interactive=False, elem_id=f"{prefix}-exported")
             with gr.Accordion("Paint a depth map (brighter = nearer)", open=False):
                 self.depth_canvas = gr.ImageEditor(
-                    type="pil",
-                    image_mode="RGB",
-                    format="png",
-                    layers=False,
-                    label="Depth painting",
+                    type="pil", image_mode="RGB", format="png", layers=False, label="Depth painting",
                     value={"background": Image.new("RGB", (512, 512), (0, 0, 0)), "layers": [], "composite": None},
                     brush=gr.Brush(default_size=48, colors=DEPTH_BRUSH_GREYS, color_mode="defaults"),
-                    elem_id=f"{prefix}-depth-canvas",
-                    height=300,
-                )
-                self.use_painting = gr.Button(
-                    "Use the painting as the depth map", size="sm", elem_id=f"{prefix}-use-painting"
-                )
+                    elem_id=f"{prefix}-depth-canvas", height=300)
+                self.use_painting = gr.Button("Use the painting as the depth map", size="sm",
+                                              elem_id=f"{prefix}-use-painting")
             # the map a restored run used, and the keypoints of a preset/imported pose
             self.recorded_map = gr.State(None)
             self.keypoints = gr.State(None)
 
     @property
     def inputs(self) -> list:
-        return [
-            self.enabled,
-            self.type,
-            self.preprocess,
-            self.image,
-            self.weight,
-            self.start,
-            self.end,
-            self.guess_mode,
-            self.model,
-            self.recorded_map,
-            self.hands,
-            self.face,
-        ]
+        return [self.enabled, self.type, self.preprocess, self.image, self.weight, self.start, self.end,
+                self.guess_mode, self.model, self.recorded_map, self.hands, self.face]
 
     def unit(self, data: dict) -> dict | None:
         if not data[self.enabled]:
             return None
-        return control_unit(
-            type=data[self.type],
-            image=data[self.image],
-            preprocess=bool(data[self.preprocess]),
-            map=data[self.recorded_map],
-            weight=float(data[self.weight]),
-            start=float(data[self.start]),
-            end=float(data[self.end]),
-            guess_mode=bool(data[self.guess_mode]),
-            hands=bool(data[self.hands]),
-            face=bool(data[self.face]),
-            model=None if data[self.model] in (AUTOMATIC, "", None) else data[self.model],
-        )
+        return control_unit(type=data[self.type], image=data[self.image], preprocess=bool(data[self.preprocess]),
+                            map=data[self.recorded_map], weight=float(data[self.weight]),
+                            start=float(data[self.start]), end=float(data[self.end]),
+                            guess_mode=bool(data[self.guess_mode]), hands=bool(data[self.hands]),
+                            face=bool(data[self.face]),
+                            model=None if data[self.model] in (AUTOMATIC, "", None) else data[self.model])
 
     def restore(self, unit: dict | None) -> dict:
         if unit is None:
             return {self.enabled: False, self.recorded_map: None}
-        return {
-            self.enabled: True,
-            self.type: unit["type"],
-            self.preprocess: unit["preprocess"],
-            self.image: unit["image"] if unit["image"] is not None else unit["map"],
-            self.map: unit["map"],
-            self.recorded_map: unit["map"],
-            self.weight: unit["weight"],
-            self.start: unit["start"],
-            self.end: unit["end"],
-            self.guess_mode: unit["guess_mode"],
-            self.model: unit["model"] or AUTOMATIC,
-            self.hands: unit["hands"],
-            self.face: unit["face"],
-        }
+        return {self.enabled: True, self.type: unit["type"], self.preprocess: unit["preprocess"],
+                self.image: unit["image"] if unit["image"] is not None else unit["map"], self.map: unit["map"],
+                self.recorded_map: unit["map"], self.weight: unit["weight"], self.start: unit["start"],
+                self.end: unit["end"], self.guess_mode: unit["guess_mode"], self.model: unit["model"] or AUTOMATIC,
+                self.hands: unit["hands"], self.face: unit["face"]}
 
     @property
     def restore_outputs(self) -> list:
-        return [
-            self.enabled,
-            self.type,
-            self.preprocess,
-            self.image,
-            self.map,
-            self.recorded_map,
-            self.weight,
-            self.start,
-            self.end,
-            self.guess_mode,
-            self.model,
-            self.hands,
-            self.face,
-        ]
+        return [self.enabled, self.type, self.preprocess, self.image, self.map, self.recorded_map, self.weight,
+                self.start, self.end, self.guess_mode, self.model, self.hands, self.face]
 
 
 def build(ctx: UIContext, native_size: int) -> None:
@@ -190,14 +113,8 @@ def build(ctx: UIContext, native_size: int) -> None:
             with gr.Column(scale=1):
                 units = [UnitWidgets(i, services) for i in range(MAX_CONTROL_UNITS)]
                 with gr.Accordion("img2img with controls: start from an image", open=False):
-                    init_image = gr.Image(
-                        type="pil",
-                        format="png",
-                        label="Init image (optional)",
-                        sources=["upload", "clipboard"],
-                        elem_id="control-init",
-                        height=200,
-                    )
+                    init_image = gr.Image(type="pil", format="png", label="Init image (optional)",
+                                          sources=["upload", "clipboard"], elem_id="control-init", height=200)
                     strength = slider(ControlRequest, "denoise_strength", elem_id="control-strength")
                 panel = generation_panel("control", ctx.model, ctx.vae, native_size, prompt, negative)
             with gr.Column(scale=1):
@@ -211,19 +128,11 @@ def build(ctx: UIContext, native_size: int) -> None:
 
     def make_request(data: dict) -> ControlRequest:
         chosen = tuple(u for u in (widgets.unit(data) for widgets in units) if u is not None)
-        return ControlRequest(
-            **panel.values(data), units=chosen, init_image=data[init_image], denoise_strength=float(data[strength])
-        )
+        return ControlRequest(**panel.values(data), units=chosen, init_image=data[init_image],
+                              denoise_strength=float(data[strength]))
 
-    wire_results(
-        services.runner,
-        make_request,
-        generate,
-        interrupt,
-        panel,
-        dict(progress=progress, preview=preview, gallery=gallery, info=info, last=last),
-        api_name="control",
-    )
+    wire_results(services.runner, make_request, generate, interrupt, panel,
+                 dict(progress=progress, preview=preview, gallery=gallery, info=info, last=last), api_name="control")
 
     for widgets in units:
         # a new photo means the recorded map of a restored run no longer applies
@@ -248,29 +157,14 @@ def build(ctx: UIContext, native_size: int) -> None:
                 raise gr.Error("choose a pose preset first")
             pose = openpose.preset_pose(name, int(width), int(height))
             image = pose_map_from_keypoints([pose], int(width), int(height))
-            return {
-                widgets.image: image,
-                widgets.map: image,
-                widgets.preprocess: False,
-                widgets.type: "pose",
-                widgets.keypoints: {"poses": [pose], "width": int(width), "height": int(height)},
-                widgets.recorded_map: None,
-            }
+            return {widgets.image: image, widgets.map: image, widgets.preprocess: False, widgets.type: "pose",
+                    widgets.keypoints: {"poses": [pose], "width": int(width), "height": int(height)},
+                    widgets.recorded_map: None}
 
-        preset_outputs = [
-            widgets.image,
-            widgets.map,
-            widgets.preprocess,
-            widgets.type,
-            widgets.keypoints,
-            widgets.recorded_map,
-        ]
-        widgets.use_preset.click(
-            use_preset,
-            inputs=[widgets.preset, panel.fields["width"], panel.fields["height"]],
-            outputs=preset_outputs,
-            api_name=False,
-        )
+        preset_outputs = [widgets.image, widgets.map, widgets.preprocess, widgets.type, widgets.keypoints,
+                          widgets.recorded_map]
+        widgets.use_preset.click(use_preset, inputs=[widgets.preset, panel.fields["width"], panel.fields["height"]],
+                                 outputs=preset_outputs, api_name=False)
 
         def import_json(file, widgets=widgets):
             if file is None:
@@ -280,14 +174,8 @@ def build(ctx: UIContext, native_size: int) -> None:
             except InputError as error:
                 raise user_error(error) from error
             image = pose_map_from_keypoints(poses, width, height)
-            return {
-                widgets.image: image,
-                widgets.map: image,
-                widgets.preprocess: False,
-                widgets.type: "pose",
-                widgets.keypoints: {"poses": poses, "width": width, "height": height},
-                widgets.recorded_map: None,
-            }
+            return {widgets.image: image, widgets.map: image, widgets.preprocess: False, widgets.type: "pose",
+                    widgets.keypoints: {"poses": poses, "width": width, "height": height}, widgets.recorded_map: None}
 
         widgets.pose_json.upload(import_json, inputs=widgets.pose_json, outputs=preset_outputs, api_name=False)
 
@@ -306,20 +194,13 @@ def build(ctx: UIContext, native_size: int) -> None:
             if painted is None:
                 raise gr.Error("paint on the depth canvas first")
             depth = painted.convert("L").convert("RGB").resize((int(width), int(height)), Image.BILINEAR)
-            return {
-                widgets.image: depth,
-                widgets.map: depth,
-                widgets.preprocess: False,
-                widgets.type: "depth",
-                widgets.recorded_map: None,
-            }
+            return {widgets.image: depth, widgets.map: depth, widgets.preprocess: False, widgets.type: "depth",
+                    widgets.recorded_map: None}
 
-        widgets.use_painting.click(
-            use_painting,
-            inputs=[widgets.depth_canvas, panel.fields["width"], panel.fields["height"]],
-            outputs=[widgets.image, widgets.map, widgets.preprocess, widgets.type, widgets.recorded_map],
-            api_name=False,
-        )
+        widgets.use_painting.click(use_painting, inputs=[widgets.depth_canvas, panel.fields["width"],
+                                                         panel.fields["height"]],
+                                   outputs=[widgets.image, widgets.map, widgets.preprocess, widgets.type,
+                                            widgets.recorded_map], api_name=False)
 
     def restore(request: ControlRequest) -> dict:
         updates = panel.updates(request)

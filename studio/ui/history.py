@@ -32,16 +32,11 @@ def run_caption(record) -> str:
 
 def details_markdown(record) -> str:
     rows = [
-        ("Run", f"#{record.id} ({record.status})"),
-        ("Mode", record.mode),
-        ("Prompt", record.prompt),
-        ("Negative prompt", record.negative_prompt),
-        ("Model", f"{record.model_name} [{record.short_hash}]"),
+        ("Run", f"#{record.id} ({record.status})"), ("Mode", record.mode), ("Prompt", record.prompt),
+        ("Negative prompt", record.negative_prompt), ("Model", f"{record.model_name} [{record.short_hash}]"),
         ("VAE", record.vae or "model's own"),
         ("Sampler", f"{record.sampler}{' Karras' if record.karras else ''} ({record.scheduler.get('class')})"),
-        ("Steps", record.steps),
-        ("CFG scale", record.cfg_scale),
-        ("Size", f"{record.width}x{record.height}"),
+        ("Steps", record.steps), ("CFG scale", record.cfg_scale), ("Size", f"{record.width}x{record.height}"),
         ("Seeds", ", ".join(str(s) for s in record.seeds)),
         ("Batch", f"{record.batch_count} x {record.batch_size}"),
         ("Started", record.created_at.strftime("%Y-%m-%d %H:%M:%S UTC")),
@@ -49,28 +44,9 @@ def details_markdown(record) -> str:
         ("Device", f"{record.device} / {record.dtype}"),
         ("Versions", ", ".join(f"{k} {v}" for k, v in record.versions.items())),
     ]
-    extra = {
-        k: v
-        for k, v in record.params.items()
-        if k
-        not in {
-            "mode",
-            "prompt",
-            "negative_prompt",
-            "model",
-            "vae",
-            "sampler",
-            "karras",
-            "steps",
-            "cfg_scale",
-            "width",
-            "height",
-            "seed",
-            "batch_size",
-            "batch_count",
-            "parent_run_id",
-        }
-    }
+    extra = {k: v for k, v in record.params.items()
+             if k not in {"mode", "prompt", "negative_prompt", "model", "vae", "sampler", "karras", "steps",
+                          "cfg_scale", "width", "height", "seed", "batch_size", "batch_count", "parent_run_id"}}
     rows += [(k.replace("_", " ").capitalize(), v) for k, v in extra.items()]
     if record.parent_id:
         rows.append(("Derived from", f"run #{record.parent_id}"))
@@ -81,9 +57,8 @@ def details_markdown(record) -> str:
     if record.error:
         rows.append(("Error", record.error))
     lines = ["| | |", "|---|---|"]
-    lines += [
-        f"| {name} | {html.escape(str(value)).replace('|', '&#124;').replace(chr(10), ' ')} |" for name, value in rows
-    ]
+    lines += [f"| {name} | {html.escape(str(value)).replace('|', '&#124;').replace(chr(10), ' ')} |"
+              for name, value in rows]
     return "\n".join(lines)
 
 
@@ -104,25 +79,17 @@ def build(ctx: UIContext) -> None:
         with gr.Row():
             search = gr.Textbox(label="Search prompts", scale=3, elem_id="history-search")
             mode = gr.Dropdown([ALL, *REQUEST_TYPES], value=ALL, label="Mode", scale=1, elem_id="history-mode")
-            model = gr.Dropdown(
-                [ALL], value=ALL, label="Model", scale=1, allow_custom_value=True, elem_id="history-model"
-            )
+            model = gr.Dropdown([ALL], value=ALL, label="Model", scale=1, allow_custom_value=True,
+                                elem_id="history-model")
             starred = gr.Checkbox(label="Starred only", scale=1, elem_id="history-starred")
             refresh = gr.Button("Refresh", scale=1, elem_id="history-refresh")
         with gr.Row():
             with gr.Column(scale=3):
-                runs = gr.Gallery(
-                    label="Runs",
-                    columns=6,
-                    height=520,
-                    type="filepath",
-                    format="png",
-                    allow_preview=False,
-                    elem_id="history-gallery",
-                    object_fit="cover",
-                )
+                runs = gr.Gallery(label="Runs", columns=6, height=520, type="filepath", format="png",
+                                  allow_preview=False, elem_id="history-gallery", object_fit="cover")
             with gr.Column(scale=2):
-                selected = gr.Number(label="Selected run", precision=0, interactive=False, elem_id="history-selected")
+                selected = gr.Number(label="Selected run", precision=0, interactive=False,
+                                     elem_id="history-selected")
                 with gr.Row():
                     restore = gr.Button("Restore", variant="primary", elem_id="history-restore")
                     rerun = gr.Button("Re-run", elem_id="history-rerun")
@@ -130,9 +97,8 @@ def build(ctx: UIContext) -> None:
                     delete = gr.Button("Delete", variant="stop", elem_id="history-delete")
                 status = gr.Markdown(elem_id="history-status")
                 progress = gr.HTML(progress_html(0, ""), elem_id="history-progress")
-                outputs = gr.Gallery(
-                    label="Outputs", columns=3, type="filepath", format="png", elem_id="history-outputs", height=260
-                )
+                outputs = gr.Gallery(label="Outputs", columns=3, type="filepath", format="png",
+                                     elem_id="history-outputs", height=260)
                 details = gr.Markdown(elem_id="history-details")
                 lineage = gr.Markdown(elem_id="history-lineage")
                 with gr.Row():
@@ -145,13 +111,9 @@ def build(ctx: UIContext) -> None:
         shown = gr.State([])
 
     def load_runs(text, mode_value, model_value, starred_only):
-        records = history.search(
-            text or None,
-            mode=None if mode_value == ALL else mode_value,
-            model=None if model_value in (ALL, None, "") else model_value,
-            starred=True if starred_only else None,
-            limit=PAGE_SIZE,
-        )
+        records = history.search(text or None, mode=None if mode_value == ALL else mode_value,
+                                 model=None if model_value in (ALL, None, "") else model_value,
+                                 starred=True if starred_only else None, limit=PAGE_SIZE)
         items = []
         for record in records:
             thumb = str(record.outputs[0].path) if record.outputs else status_tile(record.status)
@@ -172,13 +134,8 @@ def build(ctx: UIContext) -> None:
         except StudioError as error:
             return {status: str(error)}
         ancestors, children = history.lineage(record.id)
-        return {
-            selected: record.id,
-            details: details_markdown(record),
-            lineage: lineage_markdown(ancestors, children),
-            outputs: [(str(r.path), f"seed {r.seed}") for r in record.outputs],
-            status: "",
-        }
+        return {selected: record.id, details: details_markdown(record), lineage: lineage_markdown(ancestors, children),
+                outputs: [(str(r.path), f"seed {r.seed}") for r in record.outputs], status: ""}
 
     def on_select(ids, event: gr.SelectData):
         return show(ids[event.index]) if event.index < len(ids) else {status: "Refresh the list."}
@@ -229,28 +186,18 @@ def build(ctx: UIContext) -> None:
     def on_rerun(run_id, *filter_values):
         if run_id is None:
             raise gr.Error("select a run first")
-        for kind, payload in stream_run(lambda report: runner.rerun(int(run_id), on_progress=report), progress, None):
+        for kind, payload in stream_run(lambda report: runner.rerun(int(run_id), on_progress=report),
+                                        progress, None):
             if kind == "progress":
                 yield payload
             else:
                 result = payload
                 items, ids, models = load_runs(*filter_values)
-                yield {
-                    **show(result.run_id),
-                    runs: items,
-                    shown: ids,
-                    model: models,
-                    progress: progress_html(1, f"re-run #{result.run_id} {result.status}"),
-                }
+                yield {**show(result.run_id), runs: items, shown: ids, model: models,
+                       progress: progress_html(1, f"re-run #{result.run_id} {result.status}")}
 
-    rerun.click(
-        on_rerun,
-        inputs=[selected, *filters],
-        outputs=[*detail_outputs, runs, shown, model, progress],
-        concurrency_id=DEVICE_QUEUE,
-        concurrency_limit=1,
-        api_name="rerun_run",
-    )
+    rerun.click(on_rerun, inputs=[selected, *filters], outputs=[*detail_outputs, runs, shown, model, progress],
+                concurrency_id=DEVICE_QUEUE, concurrency_limit=1, api_name="rerun_run")
 
     def on_star(run_id, *filter_values):
         if run_id is None:
@@ -267,18 +214,11 @@ def build(ctx: UIContext) -> None:
             raise gr.Error("select a run first")
         removed = history.delete(int(run_id))
         items, ids, models = load_runs(*filter_values)
-        return {
-            runs: items,
-            shown: ids,
-            model: models,
-            selected: None,
-            details: "",
-            lineage: "",
-            outputs: [],
-            status: f"Deleted run #{int(run_id)} and {len(removed)} file(s) only it used.",
-        }
+        return {runs: items, shown: ids, model: models, selected: None, details: "", lineage: "", outputs: [],
+                status: f"Deleted run #{int(run_id)} and {len(removed)} file(s) only it used."}
 
-    delete.click(on_delete, inputs=[selected, *filters], outputs=[*detail_outputs, runs, shown, model], api_name=False)
+    delete.click(on_delete, inputs=[selected, *filters], outputs=[*detail_outputs, runs, shown, model],
+                 api_name=False)
 
     def first_output(run_id):
         """The selected run's first output: "go back to this version and branch from it"."""

@@ -55,117 +55,64 @@ def build(ctx: UIContext, native_size: int) -> None:
         with gr.Row():
             with gr.Column(scale=1):
                 editor = gr.ImageEditor(
-                    type="pil",
-                    image_mode="RGBA",
-                    format="png",
-                    layers=True,
-                    label="Image: paint the mask",
+                    type="pil", image_mode="RGBA", format="png", layers=True, label="Image: paint the mask",
                     brush=gr.Brush(default_size=24, colors=["#ffffff"], color_mode="fixed"),
-                    eraser=gr.Eraser(default_size=24),
-                    sources=["upload", "clipboard"],
-                    elem_id="inpaint-editor",
-                    height=420,
-                )
-                mask_upload = gr.Image(
-                    type="pil",
-                    image_mode="L",
-                    format="png",
-                    sources=["upload"],
-                    label="Or upload a mask (white = repaint)",
-                    elem_id="inpaint-mask-upload",
-                    height=160,
-                )
+                    eraser=gr.Eraser(default_size=24), sources=["upload", "clipboard"], elem_id="inpaint-editor",
+                    height=420)
+                mask_upload = gr.Image(type="pil", image_mode="L", format="png", sources=["upload"],
+                                       label="Or upload a mask (white = repaint)", elem_id="inpaint-mask-upload",
+                                       height=160)
                 with gr.Row():
                     mask_blur = slider(cls, "mask_blur", elem_id="inpaint-mask-blur")
-                    mask_mode = gr.Radio(
-                        list(MASK_MODES), value=MASK_MODES[0], label="Mask mode", elem_id="inpaint-mask-mode"
-                    )
-                masked_content = gr.Radio(
-                    list(MASKED_CONTENT),
-                    value=cls.masked_content,
-                    label="Masked content",
-                    elem_id="inpaint-masked-content",
-                )
+                    mask_mode = gr.Radio(list(MASK_MODES), value=MASK_MODES[0], label="Mask mode",
+                                         elem_id="inpaint-mask-mode")
+                masked_content = gr.Radio(list(MASKED_CONTENT), value=cls.masked_content, label="Masked content",
+                                          elem_id="inpaint-masked-content")
                 with gr.Row():
-                    area = gr.Radio(
-                        list(AREA_LABELS.values()),
-                        value=AREA_LABELS["whole"],
-                        label="Inpaint area",
-                        elem_id="inpaint-area",
-                    )
+                    area = gr.Radio(list(AREA_LABELS.values()), value=AREA_LABELS["whole"], label="Inpaint area",
+                                    elem_id="inpaint-area")
                     padding = slider(cls, "padding", elem_id="inpaint-padding")
                 strength = slider(cls, "denoise_strength", elem_id="inpaint-strength")
                 panel = generation_panel("inpaint", ctx.model, ctx.vae, native_size, prompt, negative)
             with gr.Column(scale=1):
-                show_mask = gr.Button("Preview the mask as it will be applied", size="sm", elem_id="inpaint-show-mask")
-                mask_preview = gr.Image(
-                    label="Mask preview (after blur, invert, crop, 8x latent grid)",
-                    type="pil",
-                    format="png",
-                    interactive=False,
-                    height=240,
-                    elem_id="inpaint-mask-preview",
-                )
+                show_mask = gr.Button("Preview the mask as it will be applied", size="sm",
+                                      elem_id="inpaint-show-mask")
+                mask_preview = gr.Image(label="Mask preview (after blur, invert, crop, 8x latent grid)",
+                                        type="pil", format="png", interactive=False, height=240,
+                                        elem_id="inpaint-mask-preview")
                 progress, preview, gallery, info = result_widgets("inpaint")
                 with gr.Row():
                     again = gr.Button("Inpaint this result again", size="sm", elem_id="inpaint-again")
                     to_outpaint = gr.Button("Send to outpaint", size="sm", elem_id="inpaint-send-outpaint")
         last = gr.State(None)
 
-    settings = dict(
-        mask_blur=mask_blur,
-        mask_mode=mask_mode,
-        masked_content=masked_content,
-        area=area,
-        padding=padding,
-        strength=strength,
-        editor=editor,
-        mask_upload=mask_upload,
-    )
+    settings = dict(mask_blur=mask_blur, mask_mode=mask_mode, masked_content=masked_content, area=area,
+                    padding=padding, strength=strength, editor=editor, mask_upload=mask_upload)
     panel.extra.update(settings)
     area_by_label = {label: name for name, label in AREA_LABELS.items()}
 
     def make_request(data: dict) -> InpaintRequest:
         image, mask = image_and_mask(data[editor], data[mask_upload])
-        return InpaintRequest(
-            **panel.values(data),
-            image=image,
-            mask=mask,
-            mask_blur=int(data[mask_blur]),
-            invert_mask=data[mask_mode] == MASK_MODES[1],
-            masked_content=data[masked_content],
-            inpaint_area=area_by_label[data[area]],
-            padding=int(data[padding]),
-            denoise_strength=float(data[strength]),
-        )
+        return InpaintRequest(**panel.values(data), image=image, mask=mask, mask_blur=int(data[mask_blur]),
+                              invert_mask=data[mask_mode] == MASK_MODES[1], masked_content=data[masked_content],
+                              inpaint_area=area_by_label[data[area]], padding=int(data[padding]),
+                              denoise_strength=float(data[strength]))
 
-    wire_results(
-        ctx.services.runner,
-        make_request,
-        generate,
-        interrupt,
-        panel,
-        dict(progress=progress, preview=preview, gallery=gallery, info=info, last=last),
-        api_name="inpaint",
-    )
+    wire_results(ctx.services.runner, make_request, generate, interrupt, panel,
+                 dict(progress=progress, preview=preview, gallery=gallery, info=info, last=last), api_name="inpaint")
 
     def on_show_mask(data: dict):
         try:
             request = make_request(data)
             mask, _notice = imaging.load_mask(request.mask, request.image.size)
-            return imaging.mask_preview(
-                request.image,
-                mask,
-                request.mask_blur,
-                request.invert_mask,
-                request.inpaint_area,
-                request.padding,
-                (request.width or native_size, request.height or native_size),
-            )
+            return imaging.mask_preview(request.image, mask, request.mask_blur, request.invert_mask,
+                                        request.inpaint_area, request.padding,
+                                        (request.width or native_size, request.height or native_size))
         except (InputError, ValueError) as error:
             raise user_error(error if isinstance(error, InputError) else InputError(str(error))) from error
 
-    show_mask.click(on_show_mask, inputs=panel.inputs | set(settings.values()), outputs=mask_preview, api_name=False)
+    show_mask.click(on_show_mask, inputs=panel.inputs | set(settings.values()), outputs=mask_preview,
+                    api_name=False)
 
     def on_new_image(value):
         background = (value or {}).get("background")
@@ -174,37 +121,25 @@ def build(ctx: UIContext, native_size: int) -> None:
         width, height = imaging.snap_size(*background.size)
         return {panel.fields["width"]: width, panel.fields["height"]: height}
 
-    editor.upload(on_new_image, inputs=editor, outputs=[panel.fields["width"], panel.fields["height"]], api_name=False)
+    editor.upload(on_new_image, inputs=editor, outputs=[panel.fields["width"], panel.fields["height"]],
+                  api_name=False)
 
     def restore(request: InpaintRequest) -> dict:
         updates = panel.updates(request)
-        updates.update(
-            {
-                editor: editor_value(request.image, request.mask),
-                mask_upload: None,
-                mask_blur: request.mask_blur,
-                mask_mode: MASK_MODES[int(request.invert_mask)],
-                masked_content: request.masked_content,
-                area: AREA_LABELS[request.inpaint_area],
-                padding: request.padding,
-                strength: request.denoise_strength,
-            }
-        )
+        updates.update({editor: editor_value(request.image, request.mask), mask_upload: None,
+                        mask_blur: request.mask_blur, mask_mode: MASK_MODES[int(request.invert_mask)],
+                        masked_content: request.masked_content, area: AREA_LABELS[request.inpaint_area],
+                        padding: request.padding, strength: request.denoise_strength})
         return updates
 
     ctx.restorers["inpaint"] = TabRestore("inpaint", [*panel.fields.values(), *settings.values()], restore)
 
     def receive(image: Image.Image) -> dict:
         width, height = imaging.snap_size(*image.size)
-        return {
-            editor: editor_value(image.convert("RGB")),
-            mask_upload: None,
-            panel.fields["width"]: width,
-            panel.fields["height"]: height,
-        }
+        return {editor: editor_value(image.convert("RGB")), mask_upload: None, panel.fields["width"]: width,
+                panel.fields["height"]: height}
 
-    ctx.receivers["inpaint"] = ImageReceiver(
-        "inpaint", [editor, mask_upload, panel.fields["width"], panel.fields["height"]], receive
-    )
+    ctx.receivers["inpaint"] = ImageReceiver("inpaint", [editor, mask_upload, panel.fields["width"],
+                                                         panel.fields["height"]], receive)
     ctx.senders.append(ImageSender(again, "inpaint", [last], selected_image))
     ctx.senders.append(ImageSender(to_outpaint, "outpaint", [last], selected_image))

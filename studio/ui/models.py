@@ -35,28 +35,17 @@ def build(ctx: UIContext) -> None:
     services = ctx.services
     models = services.models
     with gr.Tab("Models", id="models"):
-        gr.Markdown(
-            f"Checkpoints are read from `{models.checkpoints_dir}`, VAEs from `{models.vae_dir}` and "
-            f"ControlNets from `{models.controlnet_dir}` (A1111 layout). Pick the active model and VAE "
-            "at the top of the page."
-        )
-        table = gr.Dataframe(
-            model_rows(services), headers=COLUMNS, interactive=False, wrap=True, elem_id="models-table"
-        )
-        controlnets = gr.Dataframe(
-            controlnet_rows(services),
-            headers=["ControlNet", "source", "location", "description"],
-            interactive=False,
-            wrap=True,
-            elem_id="models-controlnets",
-        )
+        gr.Markdown(f"Checkpoints are read from `{models.checkpoints_dir}`, VAEs from `{models.vae_dir}` and "
+                    f"ControlNets from `{models.controlnet_dir}` (A1111 layout). Pick the active model and VAE "
+                    "at the top of the page.")
+        table = gr.Dataframe(model_rows(services), headers=COLUMNS, interactive=False, wrap=True,
+                             elem_id="models-table")
+        controlnets = gr.Dataframe(controlnet_rows(services), headers=["ControlNet", "source", "location",
+                                                                       "description"],
+                                   interactive=False, wrap=True, elem_id="models-controlnets")
         with gr.Row():
-            path = gr.Textbox(
-                label="Add a model: path to a .safetensors file or diffusers folder, or a hub id "
-                "(online machines only)",
-                scale=4,
-                elem_id="models-path",
-            )
+            path = gr.Textbox(label="Add a model: path to a .safetensors file or diffusers folder, or a hub id "
+                                    "(online machines only)", scale=4, elem_id="models-path")
             name = gr.Textbox(label="Name (optional)", scale=1, elem_id="models-name")
             add = gr.Button("Add", variant="primary", scale=1, elem_id="models-add")
         with gr.Row():
@@ -69,21 +58,14 @@ def build(ctx: UIContext) -> None:
             entry = models.add(location or "", chosen_name or None)
         except StudioError as error:
             return {status: f"**Not added.** {error}"}
-        return {
-            status: f"Added **{entry.name}** ({entry.source}).",
-            table: model_rows(services),
-            ctx.model: gr.update(choices=model_choices(services), value=entry.name),
-        }
+        return {status: f"Added **{entry.name}** ({entry.source}).", table: model_rows(services),
+                ctx.model: gr.update(choices=model_choices(services), value=entry.name)}
 
     add.click(on_add, inputs=[path, name], outputs=[status, table, ctx.model], api_name=False)
 
     def on_refresh():
-        return {
-            table: model_rows(services),
-            controlnets: controlnet_rows(services),
-            ctx.model: gr.update(choices=model_choices(services)),
-            ctx.vae: gr.update(choices=vae_choices(services)),
-        }
+        return {table: model_rows(services), controlnets: controlnet_rows(services),
+                ctx.model: gr.update(choices=model_choices(services)), ctx.vae: gr.update(choices=vae_choices(services))}
 
     refresh.click(on_refresh, outputs=[table, controlnets, ctx.model, ctx.vae], api_name=False)
 

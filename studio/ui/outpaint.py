@@ -28,77 +28,47 @@ def build(ctx: UIContext, native_size: int) -> None:
         prompt, negative, generate, interrupt = tab_header("outpaint")
         with gr.Row():
             with gr.Column(scale=1):
-                image = gr.Image(
-                    type="pil",
-                    format="png",
-                    label="Image to extend",
-                    sources=["upload", "clipboard"],
-                    elem_id="outpaint-image",
-                    height=320,
-                )
+                image = gr.Image(type="pil", format="png", label="Image to extend", sources=["upload", "clipboard"],
+                                 elem_id="outpaint-image", height=320)
                 with gr.Row():
-                    preset = gr.Dropdown(
-                        list(imaging.outpaint_presets), label="Preset", scale=3, elem_id="outpaint-preset"
-                    )
+                    preset = gr.Dropdown(list(imaging.outpaint_presets), label="Preset", scale=3,
+                                         elem_id="outpaint-preset")
                     apply_preset = gr.Button("Apply", size="sm", scale=1, elem_id="outpaint-apply-preset")
                 with gr.Row():
                     sides = {side: slider(cls, side, elem_id=f"outpaint-{side}") for side in SIDES}
-                infill = gr.Radio(
-                    list(OUTPAINT_INFILLS), value=cls.infill, label="Infill of the new area", elem_id="outpaint-infill"
-                )
+                infill = gr.Radio(list(OUTPAINT_INFILLS), value=cls.infill, label="Infill of the new area",
+                                  elem_id="outpaint-infill")
                 with gr.Row():
                     overlap = slider(cls, "overlap", elem_id="outpaint-overlap")
                     feather = slider(cls, "feather", elem_id="outpaint-feather")
                 strength = slider(cls, "denoise_strength", elem_id="outpaint-strength")
-                panel = generation_panel("outpaint", ctx.model, ctx.vae, native_size, prompt, negative, show_size=False)
+                panel = generation_panel("outpaint", ctx.model, ctx.vae, native_size, prompt, negative,
+                                         show_size=False)
             with gr.Column(scale=1):
                 show_canvas = gr.Button("Preview the canvas and mask", size="sm", elem_id="outpaint-show-canvas")
-                canvas_preview = gr.Image(
-                    label="Canvas (infilled) with the repaint mask in red",
-                    type="pil",
-                    format="png",
-                    interactive=False,
-                    height=240,
-                    elem_id="outpaint-canvas",
-                )
+                canvas_preview = gr.Image(label="Canvas (infilled) with the repaint mask in red", type="pil",
+                                          format="png", interactive=False, height=240, elem_id="outpaint-canvas")
                 progress, preview, gallery, info = result_widgets("outpaint")
                 with gr.Row():
                     again = gr.Button("Outpaint this result again", size="sm", elem_id="outpaint-again")
                     to_inpaint = gr.Button("Send to inpaint", size="sm", elem_id="outpaint-send-inpaint")
         last = gr.State(None)
 
-    settings = dict(
-        image=image,
-        infill=infill,
-        overlap=overlap,
-        feather=feather,
-        strength=strength,
-        **{f"side_{name}": widget for name, widget in sides.items()},
-    )
+    settings = dict(image=image, infill=infill, overlap=overlap, feather=feather, strength=strength,
+                    **{f"side_{name}": widget for name, widget in sides.items()})
     panel.extra.update(settings)
 
     def make_request(data: dict) -> OutpaintRequest:
         if data[image] is None:
             raise InputError("upload an image to extend (or send one from another tab)", field="image")
-        return OutpaintRequest(
-            **panel.values(data),
-            image=data[image].convert("RGB"),
-            infill=data[infill],
-            overlap=int(data[overlap]),
-            feather=int(data[feather]),
-            denoise_strength=float(data[strength]),
-            **{side: int(data[widget]) for side, widget in sides.items()},
-        )
+        return OutpaintRequest(**panel.values(data), image=data[image].convert("RGB"), infill=data[infill],
+                               overlap=int(data[overlap]), feather=int(data[feather]),
+                               denoise_strength=float(data[strength]),
+                               **{side: int(data[widget]) for side, widget in sides.items()})
 
-    wire_results(
-        ctx.services.runner,
-        make_request,
-        generate,
-        interrupt,
-        panel,
-        dict(progress=progress, preview=preview, gallery=gallery, info=info, last=last),
-        api_name="outpaint",
-    )
+    wire_results(ctx.services.runner, make_request, generate, interrupt, panel,
+                 dict(progress=progress, preview=preview, gallery=gallery, info=info, last=last),
+                 api_name="outpaint")
 
     def on_preset(name, picture):
         if not name or picture is None:
@@ -111,38 +81,21 @@ def build(ctx: UIContext, native_size: int) -> None:
     def on_show_canvas(data: dict):
         try:
             request = make_request(data)
-            canvas, mask = imaging.extend_canvas(
-                request.image,
-                request.left,
-                request.right,
-                request.top,
-                request.bottom,
-                request.infill,
-                request.overlap,
-                request.feather,
-                seed=0,
-                max_pixels=ctx.services.settings.max_pixels,
-            )
+            canvas, mask = imaging.extend_canvas(request.image, request.left, request.right, request.top,
+                                                 request.bottom, request.infill, request.overlap, request.feather,
+                                                 seed=0, max_pixels=ctx.services.settings.max_pixels)
         except (InputError, ValueError) as error:
             raise user_error(error if isinstance(error, InputError) else InputError(str(error))) from error
         red = Image.new("RGB", canvas.size, (255, 0, 0))
         return Image.composite(Image.blend(canvas, red, 0.5), canvas, mask)
 
-    show_canvas.click(
-        on_show_canvas, inputs=panel.inputs | set(settings.values()), outputs=canvas_preview, api_name=False
-    )
+    show_canvas.click(on_show_canvas, inputs=panel.inputs | set(settings.values()), outputs=canvas_preview,
+                      api_name=False)
 
     def restore(request: OutpaintRequest) -> dict:
         updates = panel.updates(request)
-        updates.update(
-            {
-                image: request.image,
-                infill: request.infill,
-                overlap: request.overlap,
-                feather: request.feather,
-                strength: request.denoise_strength,
-            }
-        )
+        updates.update({image: request.image, infill: request.infill, overlap: request.overlap,
+                        feather: request.feather, strength: request.denoise_strength})
         updates.update({widget: getattr(request, side) for side, widget in sides.items()})
         return updates
 

@@ -13,16 +13,9 @@ def launch(services: Services, *, open_browser: bool = False, block: bool = True
     demo = build_ui(services)
     demo.queue(default_concurrency_limit=1)
     _app, url, _share = demo.launch(
-        server_name=settings.bind_host,
-        server_port=settings.port,
-        inbrowser=open_browser,
-        share=False,
-        prevent_thread_lock=not block,
-        allowed_paths=[str(settings.blobs_dir)],
-        css=CSS,
-        js=SHORTCUTS_JS,
-        quiet=True,
-        footer_links=["api", "settings"],
+        server_name=settings.bind_host, server_port=settings.port, inbrowser=open_browser, share=False,
+        prevent_thread_lock=not block, allowed_paths=[str(settings.blobs_dir)], css=CSS, js=SHORTCUTS_JS,
+        quiet=True, footer_links=["api", "settings"],
     )
     return demo, url
 

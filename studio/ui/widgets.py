@@ -27,15 +27,8 @@ def slider(cls: type, name: str, value=None, **kwargs) -> gr.Slider:
     """A slider whose label, range and step come from the request field's spec."""
     meta = field_spec(cls, name)
     default = value if value is not None else next(f.default for f in dataclasses.fields(cls) if f.name == name)
-    return gr.Slider(
-        minimum=meta["min"],
-        maximum=meta["max"],
-        step=meta["step"],
-        value=default,
-        label=meta["label"],
-        info=meta.get("help") or None,
-        **kwargs,
-    )
+    return gr.Slider(minimum=meta["min"], maximum=meta["max"], step=meta["step"], value=default,
+                     label=meta["label"], info=meta.get("help") or None, **kwargs)
 
 
 @dataclass
@@ -79,32 +72,19 @@ class GenerationPanel:
 
 
 def prompt_boxes(prefix: str) -> tuple[gr.Textbox, gr.Textbox]:
-    prompt = gr.Textbox(
-        label="Prompt",
-        lines=3,
-        placeholder="Prompt (Ctrl+Enter to generate)",
-        elem_id=f"{prefix}-prompt",
-        elem_classes=["studio-prompt"],
-    )
+    prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Prompt (Ctrl+Enter to generate)",
+                        elem_id=f"{prefix}-prompt", elem_classes=["studio-prompt"])
     negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}-negative")
     return prompt, negative
 
 
-def generation_panel(
-    prefix: str,
-    model: gr.Dropdown,
-    vae: gr.Dropdown,
-    native_size: int,
-    prompt: gr.Textbox,
-    negative: gr.Textbox,
-    show_size: bool = True,
-) -> GenerationPanel:
+def generation_panel(prefix: str, model: gr.Dropdown, vae: gr.Dropdown, native_size: int,
+                     prompt: gr.Textbox, negative: gr.Textbox, show_size: bool = True) -> GenerationPanel:
     """Sampler, steps, size, CFG, seed and batch widgets (the A1111 txt2img set)."""
     cls = Txt2ImgRequest
     with gr.Row():
-        sampler = gr.Dropdown(
-            list(SAMPLER_NAMES), value=cls.sampler, label="Sampling method", elem_id=f"{prefix}-sampler"
-        )
+        sampler = gr.Dropdown(list(SAMPLER_NAMES), value=cls.sampler, label="Sampling method",
+                              elem_id=f"{prefix}-sampler")
         karras = gr.Checkbox(value=cls.karras, label="Karras schedule", elem_id=f"{prefix}-karras")
         steps = slider(cls, "steps", elem_id=f"{prefix}-steps")
     with gr.Row(visible=show_size):
@@ -117,29 +97,12 @@ def generation_panel(
         batch_size = slider(cls, "batch_size", elem_id=f"{prefix}-batch-size")
     cfg = slider(cls, "cfg_scale", elem_id=f"{prefix}-cfg")
     with gr.Row(equal_height=True):
-        seed = gr.Number(
-            value=RANDOM_SEED,
-            label="Seed",
-            precision=0,
-            elem_id=f"{prefix}-seed",
-            scale=4,
-            info="-1 draws a random seed",
-        )
+        seed = gr.Number(value=RANDOM_SEED, label="Seed", precision=0, elem_id=f"{prefix}-seed", scale=4,
+                         info="-1 draws a random seed")
         random_seed = gr.Button("Random seed", size="sm", scale=1, elem_id=f"{prefix}-random-seed")
         reuse_seed = gr.Button("Reuse last seed", size="sm", scale=1, elem_id=f"{prefix}-reuse-seed")
-    fields = dict(
-        prompt=prompt,
-        negative_prompt=negative,
-        model=model,
-        vae=vae,
-        sampler=sampler,
-        karras=karras,
-        steps=steps,
-        batch_count=batch_count,
-        batch_size=batch_size,
-        cfg_scale=cfg,
-        seed=seed,
-    )
+    fields = dict(prompt=prompt, negative_prompt=negative, model=model, vae=vae, sampler=sampler, karras=karras,
+                  steps=steps, batch_count=batch_count, batch_size=batch_size, cfg_scale=cfg, seed=seed)
     if show_size:
         fields.update(width=width, height=height)
     return GenerationPanel(fields, generate=None, interrupt=None, reuse_seed=reuse_seed, random_seed=random_seed)
@@ -148,21 +111,12 @@ def generation_panel(
 def result_widgets(prefix: str):
     """Progress bar, live preview, results gallery and the parameters of the selected image."""
     progress = gr.HTML(progress_html(0, "idle"), elem_id=f"{prefix}-progress")
-    preview = gr.Image(
-        label="Live preview", type="pil", format="png", interactive=False, height=192, elem_id=f"{prefix}-preview"
-    )
-    gallery = gr.Gallery(
-        label="Results",
-        format="png",
-        type="filepath",
-        columns=4,
-        elem_id=f"{prefix}-gallery",
-        object_fit="contain",
-        height="auto",
-    )
-    info = gr.Textbox(
-        label="Generation parameters", lines=4, interactive=False, elem_id=f"{prefix}-info", buttons=["copy"]
-    )
+    preview = gr.Image(label="Live preview", type="pil", format="png", interactive=False, height=192,
+                       elem_id=f"{prefix}-preview")
+    gallery = gr.Gallery(label="Results", format="png", type="filepath", columns=4, elem_id=f"{prefix}-gallery",
+                         object_fit="contain", height="auto")
+    info = gr.Textbox(label="Generation parameters", lines=4, interactive=False, elem_id=f"{prefix}-info",
+                      buttons=["copy"])
     return progress, preview, gallery, info
 
 
@@ -172,13 +126,8 @@ def gallery_items(result) -> list[tuple[str, str]]:
 
 def last_run_state(result) -> dict:
     """What the tab remembers of its last run: seeds, parameters and paths of every image."""
-    return {
-        "run_id": result.run_id,
-        "seeds": result.seeds,
-        "infotexts": result.infotexts,
-        "paths": [str(ref.path) for ref in result.outputs],
-        "selected": 0,
-    }
+    return {"run_id": result.run_id, "seeds": result.seeds, "infotexts": result.infotexts,
+            "paths": [str(ref.path) for ref in result.outputs], "selected": 0}
 
 
 def selected_image(state: dict | None):
@@ -213,22 +162,13 @@ def wire_results(runner, start_request, generate, interrupt, panel, outputs: dic
             result = payload
             for notice in result.notices:
                 gr.Info(notice)
-            yield {
-                gallery: gallery_items(result),
-                info: result.infotexts[0] if result.infotexts else "",
-                last: last_run_state(result),
-                progress: progress_html(1, f"run #{result.run_id} {result.status} in {result.duration_s:.1f} s"),
-            }
+            yield {gallery: gallery_items(result), info: result.infotexts[0] if result.infotexts else "",
+                   last: last_run_state(result),
+                   progress: progress_html(1, f"run #{result.run_id} {result.status} in {result.duration_s:.1f} s")}
 
-    generate.click(
-        on_generate,
-        inputs=panel.inputs | set(panel.extra.values()),
-        outputs=[gallery, info, last, progress, preview],
-        concurrency_id=DEVICE_QUEUE,
-        concurrency_limit=1,
-        show_progress="minimal",
-        api_name=api_name,
-    )
+    generate.click(on_generate, inputs=panel.inputs | set(panel.extra.values()),
+                   outputs=[gallery, info, last, progress, preview], concurrency_id=DEVICE_QUEUE,
+                   concurrency_limit=1, show_progress="minimal", api_name=api_name)
     interrupt.click(lambda: runner.cancel() and None, queue=False, api_name=False)
 
     def on_select(state, event: gr.SelectData):
@@ -259,17 +199,16 @@ def tab_header(prefix: str):
 
 
 def action_buttons(prefix: str) -> tuple[gr.Button, gr.Button]:
-    generate = gr.Button("Generate", variant="primary", elem_id=f"{prefix}-generate", elem_classes=["studio-generate"])
+    generate = gr.Button("Generate", variant="primary", elem_id=f"{prefix}-generate",
+                         elem_classes=["studio-generate"])
     interrupt = gr.Button("Interrupt", variant="stop", elem_id=f"{prefix}-interrupt")
     return generate, interrupt
 
 
 def progress_html(fraction: float, message: str) -> str:
     percent = max(0.0, min(1.0, fraction)) * 100
-    return (
-        f'<div class="studio-progress"><div class="studio-progress-bar" style="width:{percent:.0f}%"></div>'
-        f"<span>{html.escape(message)}</span></div>"
-    )
+    return (f'<div class="studio-progress"><div class="studio-progress-bar" style="width:{percent:.0f}%"></div>'
+            f'<span>{html.escape(message)}</span></div>')
 
 
 def user_error(error: Exception) -> gr.Error:
@@ -279,9 +218,8 @@ def user_error(error: Exception) -> gr.Error:
     return gr.Error(f"{type(error).__name__}: {error}")
 
 
-def stream_run(
-    start: Callable[[Callable], Any], progress: gr.components.Component, preview: gr.components.Component | None
-) -> Iterator[tuple[str, dict | Any]]:
+def stream_run(start: Callable[[Callable], Any], progress: gr.components.Component,
+               preview: gr.components.Component | None) -> Iterator[tuple[str, dict | Any]]:
     """Run `start(on_progress)` in a worker thread, yielding UI updates until it finishes.
 
     Yields ("progress", {component: value}) while running and ("result", result) at the end;

@@ -32,12 +32,8 @@ def _dark_box(page, selector: str):
         return None
     scale_x = box["width"] / shot.shape[1]
     scale_y = box["height"] / shot.shape[0]
-    return (
-        float(box["x"] + cols.min() * scale_x),
-        float(box["y"] + rows.min() * scale_y),
-        float(box["x"] + (cols.max() + 1) * scale_x),
-        float(box["y"] + (rows.max() + 1) * scale_y),
-    )
+    return (float(box["x"] + cols.min() * scale_x), float(box["y"] + rows.min() * scale_y),
+            float(box["x"] + (cols.max() + 1) * scale_x), float(box["y"] + (rows.max() + 1) * scale_y))
 
 
 def displayed_image_box(page, selector: str, timeout_s: float = 30.0) -> tuple[float, float, float, float]:

@@ -6,6 +6,7 @@ from tests_support import wait_for
 pytestmark = pytest.mark.browser
 
 
+
 def test_generate_then_find_and_rerun_in_history(page, services):
     page.locator("#txt2img-prompt textarea").fill("a red circle on the left")
     page.locator("#txt2img-generate").click()

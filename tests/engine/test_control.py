@@ -31,13 +31,8 @@ def depth_map(size=(64, 64)):
 
 
 def control(**overrides):
-    values = dict(
-        prompt="a green figure",
-        steps=3,
-        seed=8,
-        sampler="Euler",
-        units=(control_unit(type="pose", image=pose_map(), preprocess=False),),
-    )
+    values = dict(prompt="a green figure", steps=3, seed=8, sampler="Euler",
+                  units=(control_unit(type="pose", image=pose_map(), preprocess=False),))
     values.update(overrides)
     return ControlRequest(**values)
 
@@ -50,7 +45,7 @@ def test_single_pose_unit_uses_the_default_controlnet_and_is_recorded(control_se
     record = control_services.history.get(result.run_id)
     assert {ref.name for ref in record.inputs} == {"units.0.image", "units.0.map"}
     assert record.params["units"][0]["model"] == "tiny-openpose"
-    assert 'ControlNet 0: "Module: none, Model: tiny-openpose, Weight: 1' in result.infotexts[0]
+    assert "ControlNet 0: \"Module: none, Model: tiny-openpose, Weight: 1" in result.infotexts[0]
     restored = control_services.runner.restore(result.run_id)
     assert np.array_equal(np.array(restored.units[0]["map"]), np.array(unit["map"]))
     again = control_services.runner.rerun(result.run_id)
@@ -61,9 +56,8 @@ def test_the_control_map_and_weight_change_the_picture(control_services):
     runner = control_services.runner
     base = runner.run(control(units=(control_unit(type="pose", image=pose_map(), preprocess=False, weight=0.0),)))
     strong = runner.run(control(units=(control_unit(type="pose", image=pose_map(), preprocess=False, weight=2.0),)))
-    late = runner.run(
-        control(units=(control_unit(type="pose", image=pose_map(), preprocess=False, weight=2.0, start=0.99, end=1.0),))
-    )
+    late = runner.run(control(units=(control_unit(type="pose", image=pose_map(), preprocess=False, weight=2.0,
+                                                  start=0.99, end=1.0),)))
     difference = np.abs(np.array(base.images[0], dtype=int) - np.array(strong.images[0], dtype=int)).mean()
     assert difference > 1.0
     # a unit active only for the last 1% of the steps leaves the picture as with weight 0
@@ -71,10 +65,8 @@ def test_the_control_map_and_weight_change_the_picture(control_services):
 
 
 def test_two_units_with_guess_mode_and_img2img(control_services):
-    units = (
-        control_unit(type="pose", image=pose_map(), preprocess=False, weight=0.8),
-        control_unit(type="depth", image=depth_map(), preprocess=False, guess_mode=True, start=0.1, end=0.9),
-    )
+    units = (control_unit(type="pose", image=pose_map(), preprocess=False, weight=0.8),
+             control_unit(type="depth", image=depth_map(), preprocess=False, guess_mode=True, start=0.1, end=0.9))
     result = control_services.runner.run(control(units=units))
     assert [u["model"] for u in result.request.units] == ["tiny-openpose", "tiny-depth"]
     init = Image.new("RGB", (64, 64), (200, 40, 40))
@@ -82,9 +74,8 @@ def test_two_units_with_guess_mode_and_img2img(control_services):
         control_services.runner.run(control(units=units, init_image=init, denoise_strength=0.3))
     assert error.value.field == "denoise_strength" and "no denoising step" in str(error.value)
     img2img = control_services.runner.run(control(units=units, init_image=init, denoise_strength=0.34))
-    other = control_services.runner.run(
-        control(units=units, init_image=Image.new("RGB", (64, 64), (20, 40, 220)), denoise_strength=0.34)
-    )
+    other = control_services.runner.run(control(units=units, init_image=Image.new("RGB", (64, 64), (20, 40, 220)),
+                                                denoise_strength=0.34))
     # the init image shapes the result (the tiny VAE is random, so compare runs, not colours)
     assert np.abs(np.array(img2img.images[0], dtype=int) - np.array(other.images[0], dtype=int)).mean() > 1
     record = control_services.history.get(img2img.run_id)
@@ -93,29 +84,22 @@ def test_two_units_with_guess_mode_and_img2img(control_services):
 
 
 def test_maps_of_another_size_are_resized_and_another_aspect_is_refused(control_services):
-    result = control_services.runner.run(
-        control(units=(control_unit(type="pose", image=pose_map((128, 128)), preprocess=False),))
-    )
+    result = control_services.runner.run(control(units=(control_unit(type="pose", image=pose_map((128, 128)),
+                                                                     preprocess=False),)))
     assert any("resized from 128x128 to 64x64" in n for n in result.notices)
     with pytest.raises(InputError) as error:
-        control_services.runner.run(
-            control(
-                width=64, height=64, units=(control_unit(type="pose", image=pose_map((128, 64)), preprocess=False),)
-            )
-        )
+        control_services.runner.run(control(width=64, height=64, units=(
+            control_unit(type="pose", image=pose_map((128, 64)), preprocess=False),)))
     assert error.value.field == "units[0].image" and "aspect" in str(error.value)
 
 
-@pytest.mark.parametrize(
-    ("unit", "field"),
-    [
-        (dict(type="normal"), "units[0].type"),
-        (dict(weight=3.0), "units[0].weight"),
-        (dict(start=0.8, end=0.2), "units[0].start"),
-        (dict(image=None), "units[0].image"),
-        (dict(colour="red"), "units[0]"),
-    ],
-)
+@pytest.mark.parametrize(("unit", "field"), [
+    (dict(type="normal"), "units[0].type"),
+    (dict(weight=3.0), "units[0].weight"),
+    (dict(start=0.8, end=0.2), "units[0].start"),
+    (dict(image=None), "units[0].image"),
+    (dict(colour="red"), "units[0]"),
+])
 def test_bad_units_name_the_field(control_services, unit, field):
     values = dict(type="pose", image=pose_map(), preprocess=False)
     values.update(unit)
@@ -132,9 +116,8 @@ def test_missing_controlnet_and_annotators_say_what_to_put_where(services, tmp_p
         services.runner.run(control())
     assert "ControlNet" in str(error.value) and str(services.models.controlnet_dir) in str(error.value)
     with pytest.raises(NotFound):
-        services.runner.run(
-            control(units=(control_unit(type="pose", image=pose_map(), preprocess=False, model="nope"),))
-        )
+        services.runner.run(control(units=(control_unit(type="pose", image=pose_map(), preprocess=False,
+                                                        model="nope"),)))
     preprocessors = Preprocessors(tmp_path / "annotators")
     with pytest.raises(ModelError) as error:
         preprocessors.run("depth", depth_map(), (64, 64))
@@ -156,36 +139,21 @@ def annotators(tmp_path_factory):
     root = tmp_path_factory.mktemp("annotators")
     (root / "openpose").mkdir()
     torch.manual_seed(0)
-    for model, name, strip in (
-        (bodypose_model(), "body_pose_model.pth", True),
-        (handpose_model(), "hand_pose_model.pth", True),
-        (FaceNet(), "facenet.pth", False),
-    ):
+    for model, name, strip in ((bodypose_model(), "body_pose_model.pth", True),
+                               (handpose_model(), "hand_pose_model.pth", True),
+                               (FaceNet(), "facenet.pth", False)):
         state = model.state_dict()
         if strip:  # OpenPose's files name layers without the block prefix controlnet-aux adds
             state = {".".join(k.split(".")[1:]): v for k, v in state.items()}
         torch.save(state, root / "openpose" / name)
-    backbone = Dinov2Config(
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=56,
-        patch_size=14,
-        out_features=["stage1", "stage2", "stage3", "stage4"],
-        reshape_hidden_states=False,
-    )
-    config = DepthAnythingConfig(
-        backbone_config=backbone,
-        neck_hidden_sizes=[8, 16, 32, 32],
-        fusion_hidden_size=16,
-        head_hidden_size=8,
-        reassemble_hidden_size=32,
-    )
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                            image_size=56, patch_size=14, out_features=["stage1", "stage2", "stage3", "stage4"],
+                            reshape_hidden_states=False)
+    config = DepthAnythingConfig(backbone_config=backbone, neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16,
+                                 head_hidden_size=8, reassemble_hidden_size=32)
     DepthAnythingForDepthEstimation(config).save_pretrained(root / "depth-anything")
-    DPTImageProcessor(
-        size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14, do_pad=False
-    ).save_pretrained(root / "depth-anything")
+    DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14,
+                      do_pad=False).save_pretrained(root / "depth-anything")
     return root
 
 

@@ -204,7 +204,9 @@ def test_latent_mask_samples_the_8px_grid_like_diffusers():
 # --- whole-picture and only-masked inpainting ---------------------------------------
 
 
-@pytest.mark.parametrize("size, painted", [((200, 136), (20, 14, 70, 50)), ((520, 328), (300, 200, 410, 260))])
+@pytest.mark.parametrize(
+    "size, painted", [((200, 136), (20, 14, 70, 50)), ((520, 328), (300, 200, 410, 260))]
+)
 def test_whole_picture_composite_changes_only_the_painted_area(size, painted):
     image = random_image(*size)
     prepared = prepare_mask(rect_mask(size, painted), 4, invert=False)

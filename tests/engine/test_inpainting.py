@@ -26,15 +26,8 @@ def ellipse_mask(size, box):
 
 def inpaint(**overrides):
     image = overrides.pop("image", photo())
-    values = dict(
-        prompt="a blue square",
-        steps=3,
-        seed=21,
-        sampler="Euler",
-        image=image,
-        mask=ellipse_mask((200, 136), (120, 30, 170, 90)),
-        denoise_strength=1.0,
-    )
+    values = dict(prompt="a blue square", steps=3, seed=21, sampler="Euler", image=image,
+                  mask=ellipse_mask((200, 136), (120, 30, 170, 90)), denoise_strength=1.0)
     values.update(overrides)
     return InpaintRequest(**values)
 
@@ -107,9 +100,7 @@ def test_inpaint_history_restores_image_and_mask_and_reruns_identically(services
 
 def test_an_edit_of_an_output_points_to_its_parent(services):
     base = services.runner.run(fast_request(width=96, height=64))
-    edit = services.runner.run(
-        inpaint(image=Image.open(base.outputs[0].path), mask=ellipse_mask((96, 64), (10, 10, 50, 50)))
-    )
+    edit = services.runner.run(inpaint(image=Image.open(base.outputs[0].path), mask=ellipse_mask((96, 64), (10, 10, 50, 50))))
     again = services.runner.run(inpaint(image=edit.images[0], mask=ellipse_mask((96, 64), (40, 10, 90, 60))))
     assert services.history.get(edit.run_id).parent_id == base.run_id
     ancestors, _ = services.history.lineage(again.run_id)
@@ -149,19 +140,8 @@ def test_bad_inpaint_input_is_refused_before_anything_is_recorded(services):
 
 
 def outpaint(**overrides):
-    values = dict(
-        prompt="a wide landscape",
-        steps=3,
-        seed=5,
-        sampler="Euler",
-        image=photo((96, 64)),
-        left=32,
-        right=16,
-        top=8,
-        bottom=0,
-        overlap=8,
-        feather=8,
-    )
+    values = dict(prompt="a wide landscape", steps=3, seed=5, sampler="Euler", image=photo((96, 64)), left=32,
+                  right=16, top=8, bottom=0, overlap=8, feather=8)
     values.update(overrides)
     return OutpaintRequest(**values)
 

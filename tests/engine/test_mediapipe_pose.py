@@ -77,7 +77,7 @@ def test_finds_the_astronaut_offline_where_she_is(detector_ready, tmp_path):
     # the map is drawn where the keypoints are: coloured at the neck, black in the top corners
     full = np.array(preprocessors.run("pose", astronaut(), (ASTRONAUT_SIZE, ASTRONAUT_SIZE)))
     neck = named["neck"]
-    assert full[int(neck[1]) - 3 : int(neck[1]) + 4, int(neck[0]) - 3 : int(neck[0]) + 4].max() > 100
+    assert full[int(neck[1]) - 3:int(neck[1]) + 4, int(neck[0]) - 3:int(neck[0]) + 4].max() > 100
     assert full[:40, :40].max() == 0 and full[:40, -40:].max() == 0
     # fitted to the output size the caller asks for
     small = preprocessors.run("pose", astronaut(), (128, 96))
@@ -88,9 +88,8 @@ def test_a_photo_without_a_person_is_a_clear_error_and_nothing_is_recorded(detec
     save_tiny_controlnet(services.models.controlnet_dir / "tiny-openpose", seed=1)
     services.runner.preprocessors = Preprocessors(tmp_path / "no-annotators")
     empty = Image.new("RGB", (64, 64), (30, 90, 200))
-    request = ControlRequest(
-        prompt="a figure", steps=2, seed=1, sampler="Euler", units=(control_unit(type="pose", image=empty),)
-    )
+    request = ControlRequest(prompt="a figure", steps=2, seed=1, sampler="Euler",
+                             units=(control_unit(type="pose", image=empty),))
     with pytest.raises(InputError) as error:
         services.runner.run(request)
     assert error.value.field == "units[0].image" and "no person" in str(error.value)
@@ -102,15 +101,8 @@ def test_a_pose_run_from_a_photo_records_the_detected_map(detector_ready, servic
     services.runner.preprocessors = Preprocessors(tmp_path / "no-annotators")
     photo = astronaut().resize((128, 128))
     notices = []
-    request = ControlRequest(
-        prompt="a figure",
-        steps=2,
-        seed=1,
-        sampler="Euler",
-        width=64,
-        height=64,
-        units=(control_unit(type="pose", image=photo, hands=True),),
-    )
+    request = ControlRequest(prompt="a figure", steps=2, seed=1, sampler="Euler", width=64, height=64,
+                             units=(control_unit(type="pose", image=photo, hands=True),))
     prepared = services.runner.prepare(request, notices)
     assert any("found by MediaPipe" in notice for notice in notices)
     assert any("body only" in notice for notice in notices)  # it cannot draw the asked-for hands

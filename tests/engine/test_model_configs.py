@@ -42,7 +42,8 @@ def base(family: str) -> str:
 def test_the_committed_folders_are_what_the_writer_writes(tmp_path):
     written = write_configs(tmp_path)  # JSON only: the BPE files are added at load time
     expected = {p.relative_to(tmp_path).as_posix(): p.read_bytes() for p in written}
-    committed = {p.relative_to(CONFIGS_DIR).as_posix(): p.read_bytes() for p in CONFIGS_DIR.rglob("*") if p.is_file()}
+    committed = {p.relative_to(CONFIGS_DIR).as_posix(): p.read_bytes()
+                 for p in CONFIGS_DIR.rglob("*") if p.is_file()}
     assert sorted(committed) == sorted(expected)
     stale = [name for name in expected if committed[name] != expected[name]]
     assert not stale, f"assets/configs is out of date; rerun python -m studio.engine.model_configs: {stale}"
@@ -72,23 +73,15 @@ def test_a_completed_folder_is_reused_and_a_changed_config_gets_a_new_one(tmp_pa
     second = complete_config(source, TOKENIZER_DIR, tmp_path / "cache")
     assert second != first and "DDIM" in (second / "scheduler" / "scheduler_config.json").read_text()
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted([first.name, second.name])  # no leftovers
-    assert (
-        complete_config(CONFIGS_DIR / "controlnet-sd1", TOKENIZER_DIR, tmp_path / "cache")
-        == CONFIGS_DIR / "controlnet-sd1"
-    )  # nothing to add
+    assert complete_config(CONFIGS_DIR / "controlnet-sd1", TOKENIZER_DIR, tmp_path / "cache") == \
+        CONFIGS_DIR / "controlnet-sd1"  # nothing to add
 
 
-@pytest.mark.parametrize(
-    "family, pipeline",
-    [
-        ("sd1", "StableDiffusionPipeline"),
-        ("sd1-inpaint", "StableDiffusionInpaintPipeline"),
-        ("sd2", "StableDiffusionPipeline"),
-        ("sd2-inpaint", "StableDiffusionInpaintPipeline"),
-        ("sdxl", "StableDiffusionXLPipeline"),
-        ("sdxl-inpaint", "StableDiffusionXLInpaintPipeline"),
-    ],
-)
+@pytest.mark.parametrize("family, pipeline", [
+    ("sd1", "StableDiffusionPipeline"), ("sd1-inpaint", "StableDiffusionInpaintPipeline"),
+    ("sd2", "StableDiffusionPipeline"), ("sd2-inpaint", "StableDiffusionInpaintPipeline"),
+    ("sdxl", "StableDiffusionXLPipeline"), ("sdxl-inpaint", "StableDiffusionXLInpaintPipeline"),
+])
 def test_model_index_names_the_pipeline_and_no_safety_checker(family, pipeline):
     index = CONFIGS[family]["model_index.json"]
     assert index["_class_name"] == pipeline
@@ -137,42 +130,30 @@ def test_inpaint_variant_differs_only_in_input_channels(family):
     for relative in ("text_encoder/config.json", "text_encoder_2/config.json"):
         assert plain.get(relative) == inpaint.get(relative)
     allowed = {"in_channels", "sample_size", "upcast_attention"}  # SD2-inpaint is 512 px, from SD2-base
-    changed = {
-        k
-        for k in plain["unet/config.json"].keys() | inpaint["unet/config.json"].keys()
-        if plain["unet/config.json"].get(k) != inpaint["unet/config.json"].get(k)
-    }
+    changed = {k for k in plain["unet/config.json"].keys() | inpaint["unet/config.json"].keys()
+               if plain["unet/config.json"].get(k) != inpaint["unet/config.json"].get(k)}
     assert changed <= allowed
 
 
-@pytest.mark.parametrize(
-    "family, prediction",
-    [
-        ("sd1", "epsilon"),
-        ("sd1-inpaint", "epsilon"),
-        ("sd2", "v_prediction"),
-        ("sd2-inpaint", "epsilon"),
-        ("sdxl", "epsilon"),
-        ("sdxl-inpaint", "epsilon"),
-    ],
-)
+@pytest.mark.parametrize("family, prediction", [
+    ("sd1", "epsilon"), ("sd1-inpaint", "epsilon"), ("sd2", "v_prediction"), ("sd2-inpaint", "epsilon"),
+    ("sdxl", "epsilon"), ("sdxl-inpaint", "epsilon"),
+])
 def test_scheduler_loads_from_the_folder(family, prediction):
     import diffusers
 
     class_name = CONFIGS[family]["model_index.json"]["scheduler"][1]
-    scheduler = getattr(diffusers, class_name).from_pretrained(
-        CONFIGS_DIR / family, subfolder="scheduler", local_files_only=True
-    )
+    scheduler = getattr(diffusers, class_name).from_pretrained(CONFIGS_DIR / family, subfolder="scheduler",
+                                                               local_files_only=True)
     assert isinstance(scheduler, SchedulerMixin)
     assert scheduler.config.prediction_type == prediction
     assert scheduler.config.steps_offset == 1
     assert (scheduler.config.beta_start, scheduler.config.beta_end) == (0.00085, 0.012)
 
 
-@pytest.mark.parametrize(
-    "family, subfolder, pad_id",
-    [("sd1", "tokenizer", 49407), ("sd2", "tokenizer", 0), ("sdxl", "tokenizer", 49407), ("sdxl", "tokenizer_2", 0)],
-)
+@pytest.mark.parametrize("family, subfolder, pad_id", [
+    ("sd1", "tokenizer", 49407), ("sd2", "tokenizer", 0), ("sdxl", "tokenizer", 49407), ("sdxl", "tokenizer_2", 0),
+])
 def test_tokenizer_loads_with_the_family_pad_token(family, subfolder, pad_id, tmp_path):
     folder = complete_config(CONFIGS_DIR / family, TOKENIZER_DIR, tmp_path)
     tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder=subfolder, local_files_only=True)
@@ -181,9 +162,8 @@ def test_tokenizer_loads_with_the_family_pad_token(family, subfolder, pad_id, tm
     assert ids[7:] == [pad_id] * 70
 
 
-@pytest.mark.parametrize(
-    ("folder", "millions"), [("controlnet-sd1", 361.28), ("controlnet-sd2", 364.23), ("controlnet-sdxl", 1251.01)]
-)
+@pytest.mark.parametrize(("folder", "millions"), [("controlnet-sd1", 361.28), ("controlnet-sd2", 364.23),
+                                                  ("controlnet-sdxl", 1251.01)])
 def test_controlnet_configs_build_the_published_architectures(folder, millions):
     import json
 

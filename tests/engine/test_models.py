@@ -20,14 +20,8 @@ def manager(settings, **changes):
 
 
 def pixels(pipe, seed=3):
-    out = pipe(
-        prompt="a blue square",
-        num_inference_steps=2,
-        width=64,
-        height=64,
-        output_type="np",
-        generator=torch.Generator("cpu").manual_seed(seed),
-    )
+    out = pipe(prompt="a blue square", num_inference_steps=2, width=64, height=64, output_type="np",
+               generator=torch.Generator("cpu").manual_seed(seed))
     return out.images[0]
 
 

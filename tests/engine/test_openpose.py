@@ -26,19 +26,8 @@ def test_drawing_equals_controlnet_aux_draw_poses():
 
     keypoints = _pose(missing=(3, 16))
     theirs = draw_poses(
-        [
-            PoseResult(
-                BodyResult([None if p is None else Keypoint(p[0] / WIDTH, p[1] / HEIGHT) for p in keypoints], 1.0, 16),
-                None,
-                None,
-                None,
-            )
-        ],
-        HEIGHT,
-        WIDTH,
-        draw_body=True,
-        draw_hand=False,
-        draw_face=False,
+        [PoseResult(BodyResult([None if p is None else Keypoint(p[0] / WIDTH, p[1] / HEIGHT) for p in keypoints], 1.0, 16), None, None, None)],
+        HEIGHT, WIDTH, draw_body=True, draw_hand=False, draw_face=False,
     )
     ours = openpose.draw_body_pose(keypoints, WIDTH, HEIGHT)
     assert ours.mode == "RGB" and ours.size == (WIDTH, HEIGHT)
@@ -106,14 +95,8 @@ def test_normalised_coordinates_are_scaled_to_the_canvas():
         ({"canvas_width": 10, "canvas_height": -1, "people": []}, "canvas_height"),
         ({"canvas_width": 10, "canvas_height": 10}, "people"),
         ({"canvas_width": 10, "canvas_height": 10, "people": [{}]}, "people[0].pose_keypoints_2d"),
-        (
-            {"canvas_width": 10, "canvas_height": 10, "people": [{"pose_keypoints_2d": [1.0] * 50}]},
-            "people[0].pose_keypoints_2d",
-        ),
-        (
-            {"canvas_width": 10, "canvas_height": 10, "people": [{"pose_keypoints_2d": ["x"] * 54}]},
-            "people[0].pose_keypoints_2d",
-        ),
+        ({"canvas_width": 10, "canvas_height": 10, "people": [{"pose_keypoints_2d": [1.0] * 50}]}, "people[0].pose_keypoints_2d"),
+        ({"canvas_width": 10, "canvas_height": 10, "people": [{"pose_keypoints_2d": ["x"] * 54}]}, "people[0].pose_keypoints_2d"),
     ],
 )
 def test_malformed_json_names_the_field(data, field):

@@ -10,17 +10,9 @@ from studio.engine.schedulers import (
     supports_karras,
 )
 
-SD_SCHEDULE = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "prediction_type": "epsilon",
-    "steps_offset": 1,
-    "skip_prk_steps": True,
-    "set_alpha_to_one": False,
-    "_class_name": "PNDMScheduler",
-}
+SD_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+               "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "steps_offset": 1,
+               "skip_prk_steps": True, "set_alpha_to_one": False, "_class_name": "PNDMScheduler"}
 
 REQUIRED = {"Euler", "Euler a", "DPM++ 2M", "DPM++ 2M SDE", "DPM++ SDE", "DDIM", "UniPC", "Heun", "LMS", "PNDM"}
 

@@ -34,11 +34,8 @@ def test_old_style_sampler_name_carries_karras():
 
 
 def test_format_then_parse_round_trips_awkward_values():
-    text = format_infotext(
-        "a, b: c",
-        'no "quotes"',
-        {"Steps": 5, "Sampler": "Euler", "CFG scale": 7, "Seed": 9, "Size": "64x64", "Model": "my, model: v2"},
-    )
+    text = format_infotext("a, b: c", "no \"quotes\"", {"Steps": 5, "Sampler": "Euler", "CFG scale": 7,
+                                                       "Seed": 9, "Size": "64x64", "Model": "my, model: v2"})
     parsed = parse_infotext(text)
     assert parsed["prompt"] == "a, b: c"
     assert parsed["negative_prompt"] == 'no "quotes"'

@@ -13,29 +13,10 @@ from studio.history.store import HistoryStore
 
 
 def row(**overrides):
-    values = dict(
-        mode="txt2img",
-        model_name="m",
-        model_hash="ab" * 32,
-        vae=None,
-        sampler="Euler",
-        karras=False,
-        scheduler={"class": "EulerDiscreteScheduler"},
-        prompt="a red circle",
-        negative_prompt="",
-        seed=1,
-        seeds=[1],
-        steps=2,
-        cfg_scale=7.0,
-        width=8,
-        height=8,
-        batch_size=1,
-        batch_count=1,
-        params={"mode": "txt2img"},
-        device="cpu",
-        dtype="float32",
-        versions={"studio": "test"},
-    )
+    values = dict(mode="txt2img", model_name="m", model_hash="ab" * 32, vae=None, sampler="Euler", karras=False,
+                  scheduler={"class": "EulerDiscreteScheduler"}, prompt="a red circle", negative_prompt="",
+                  seed=1, seeds=[1], steps=2, cfg_scale=7.0, width=8, height=8, batch_size=1, batch_count=1,
+                  params={"mode": "txt2img"}, device="cpu", dtype="float32", versions={"studio": "test"})
     values.update(overrides)
     return values
 
@@ -65,12 +46,8 @@ def test_run_lifecycle_writes_files_before_done(store):
     record = store.get(run_id)
     assert record.status == "running" and record.outputs == ()
     assert record.inputs[0].path.is_file()
-    refs = store.finish(
-        run_id,
-        [(solid("blue"), 1, "a red circle\nSteps: 2, Seed: 1, Size: 8x8", {"seed": 1})],
-        duration_s=0.5,
-        timings={"sample_s": 0.4},
-    )
+    refs = store.finish(run_id, [(solid("blue"), 1, "a red circle\nSteps: 2, Seed: 1, Size: 8x8", {"seed": 1})],
+                        duration_s=0.5, timings={"sample_s": 0.4})
     record = store.get(run_id)
     assert record.status == "done" and record.duration_s == 0.5
     assert [r.sha256 for r in record.outputs] == [refs[0].sha256]
@@ -187,13 +164,11 @@ def test_migrations_import_no_ml_library():
     import subprocess
     import sys
 
-    code = (
-        "import sys, studio.history.db as d, studio.history.schema; "
-        "import importlib.util, pathlib; "
-        "[importlib.util.spec_from_file_location('m', p).loader.exec_module("
-        "importlib.util.module_from_spec(importlib.util.spec_from_file_location('m', p))) "
-        "for p in pathlib.Path(d.MIGRATIONS_DIR, 'versions').glob('*.py')]; "
-        "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'gradio') if m in sys.modules))"
-    )
+    code = ("import sys, studio.history.db as d, studio.history.schema; "
+            "import importlib.util, pathlib; "
+            "[importlib.util.spec_from_file_location('m', p).loader.exec_module("
+            "importlib.util.module_from_spec(importlib.util.spec_from_file_location('m', p))) "
+            "for p in pathlib.Path(d.MIGRATIONS_DIR, 'versions').glob('*.py')]; "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'gradio') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -87,21 +87,10 @@ def test_inpainting_a_blue_square_puts_blue_in_the_mask_and_keeps_the_rest(embed
     inside = np.asarray(mask) > 0
     drawn_blue = []
     for seed in range(6):
-        result = embedded.runner.run(
-            InpaintRequest(
-                prompt="a large blue square in the centre, yellow background",
-                seed=seed,
-                steps=20,
-                image=base,
-                mask=mask,
-                mask_blur=2,
-                denoise_strength=1.0,
-                inpaint_area="masked",
-                padding=8,
-                sampler="DPM++ 2M",
-                karras=False,
-            )
-        )
+        result = embedded.runner.run(InpaintRequest(
+            prompt="a large blue square in the centre, yellow background", seed=seed, steps=20, image=base,
+            mask=mask, mask_blur=2, denoise_strength=1.0, inpaint_area="masked", padding=8, sampler="DPM++ 2M",
+            karras=False))
         out = result.images[0]
         untouched = np.asarray(prepare_mask(result.request.mask, 2, False)) == 0
         assert np.array_equal(np.asarray(out)[untouched], np.asarray(base)[untouched])
@@ -122,19 +111,8 @@ def test_outpainting_continues_the_picture_without_a_seam(embedded):
     prompt = world.caption(scene, np.random.default_rng(1))
     ratios = []
     for seed in range(3):
-        result = embedded.runner.run(
-            OutpaintRequest(
-                prompt=prompt,
-                seed=seed,
-                steps=20,
-                image=base,
-                right=32,
-                infill="telea",
-                overlap=8,
-                feather=8,
-                sampler="DPM++ 2M",
-            )
-        )
+        result = embedded.runner.run(OutpaintRequest(prompt=prompt, seed=seed, steps=20, image=base, right=32,
+                                                     infill="telea", overlap=8, feather=8, sampler="DPM++ 2M"))
         out = np.asarray(result.images[0])
         assert out.shape == (128, 160, 3)
         assert np.array_equal(out[:, :120], np.asarray(base)[:, :120])  # outside the overlap band: untouched
@@ -154,32 +132,18 @@ def test_pose_and_depth_controlnets_follow_their_maps(embedded):
         figure = world.scene_from_seed(seed, n_objects=1, shapes=("figure",))
         pose = world.render_pose(figure)
         prompt = world.caption(figure, np.random.default_rng([seed, 2]))
-        controlled = embedded.runner.run(
-            ControlRequest(
-                prompt=prompt,
-                seed=seed,
-                steps=20,
-                sampler="DPM++ 2M",
-                units=(control_unit(type="pose", image=pose, preprocess=False),),
-            )
-        )
+        controlled = embedded.runner.run(ControlRequest(prompt=prompt, seed=seed, steps=20, sampler="DPM++ 2M",
+                                                        units=(control_unit(type="pose", image=pose, preprocess=False),)))
         plain = embedded.runner.run(request(prompt, seed))
         coverage.append(evaluation.limb_coverage(pose, evaluation.object_mask(controlled.images[0], judge)))
         coverage_plain.append(evaluation.limb_coverage(pose, evaluation.object_mask(plain.images[0], judge)))
         scene = world.scene_from_seed(seed + 50)
         depth = world.render_depth(scene).convert("RGB")
-        result = embedded.runner.run(
-            ControlRequest(
-                prompt=world.caption(scene, np.random.default_rng(seed)),
-                seed=seed,
-                steps=20,
-                sampler="DPM++ 2M",
-                units=(control_unit(type="depth", image=depth, preprocess=False),),
-            )
-        )
-        depth_iou.append(
-            evaluation.iou(evaluation.near_region(depth), evaluation.all_objects_mask(result.images[0], judge))
-        )
+        result = embedded.runner.run(ControlRequest(prompt=world.caption(scene, np.random.default_rng(seed)),
+                                                    seed=seed, steps=20, sampler="DPM++ 2M",
+                                                    units=(control_unit(type="depth", image=depth, preprocess=False),)))
+        depth_iou.append(evaluation.iou(evaluation.near_region(depth),
+                                        evaluation.all_objects_mask(result.images[0], judge)))
         assert controlled.request.units[0]["model"] == "micro-controlnet-pose"
         assert result.request.units[0]["model"] == "micro-controlnet-depth"
     print("control", np.mean(coverage), np.mean(coverage_plain), np.mean(depth_iou))

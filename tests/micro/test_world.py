@@ -100,25 +100,8 @@ def test_depth_is_brighter_on_nearer_objects_and_dark_behind():
         assert np.median(depth[~np.any(masks, axis=0)]) <= 20
 
 
-_LIMBS = [
-    (1, 2),
-    (1, 5),
-    (2, 3),
-    (3, 4),
-    (5, 6),
-    (6, 7),
-    (1, 8),
-    (8, 9),
-    (9, 10),
-    (1, 11),
-    (11, 12),
-    (12, 13),
-    (1, 0),
-    (0, 14),
-    (14, 16),
-    (0, 15),
-    (15, 17),
-]
+_LIMBS = [(1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12), (12, 13),
+          (1, 0), (0, 14), (14, 16), (0, 15), (15, 17)]
 
 
 def test_pose_map_is_the_skeleton_of_each_figure_and_black_elsewhere():
@@ -202,18 +185,11 @@ def test_parse_prompt_reads_the_first_of_several_objects():
 @pytest.mark.parametrize(
     ("prompt", "expected"),
     [
-        (
-            "a big red person in the upper left corner against a blue background",
-            {"size": "large", "colour": "red", "shape": "figure", "position": "top left", "background": "blue"},
-        ),
-        (
-            "Yellow triangle, center",
-            {"size": None, "colour": "yellow", "shape": "triangle", "position": "centre", "background": None},
-        ),
-        (
-            "white background with a small black square at the bottom right and a green circle on the left",
-            {"size": "small", "colour": "black", "shape": "square", "position": "bottom right", "background": "white"},
-        ),
+        ("a big red person in the upper left corner against a blue background",
+         {"size": "large", "colour": "red", "shape": "figure", "position": "top left", "background": "blue"}),
+        ("Yellow triangle, center", {"size": None, "colour": "yellow", "shape": "triangle", "position": "centre", "background": None}),
+        ("white background with a small black square at the bottom right and a green circle on the left",
+         {"size": "small", "colour": "black", "shape": "square", "position": "bottom right", "background": "white"}),
         ("a cat", {"size": None, "colour": None, "shape": None, "position": None, "background": None}),
     ],
 )

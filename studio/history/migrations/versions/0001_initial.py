@@ -65,9 +65,8 @@ def upgrade() -> None:
         sa.Column("role", sa.String(8), nullable=False),
         sa.Column("name", sa.String(64), nullable=False),
         sa.Column("position", sa.Integer, nullable=False),
-        sa.Column(
-            "blob_sha256", sa.String(64), sa.ForeignKey("blobs.sha256", ondelete="RESTRICT"), nullable=False, index=True
-        ),
+        sa.Column("blob_sha256", sa.String(64), sa.ForeignKey("blobs.sha256", ondelete="RESTRICT"),
+                  nullable=False, index=True),
         sa.Column("seed", sa.Integer),
         sa.CheckConstraint("role IN ('input', 'output')", name="ck_run_images_role"),
     )
