@@ -71,6 +71,7 @@ class SceneRenderer:
 
     def __init__(self, world, tokenizer, single_object_share: float | None = None):
         self.world, self.tokenizer = world, tokenizer
+        self.single_object_share = single_object_share  # render workers build their renderer from it
         self.keep_multi = multi_object_keep(single_object_share)
 
     def wanted(self, phase: str, scene, seed: int) -> bool:
@@ -158,14 +159,7 @@ def _render_in_worker(phase: str, start: int, stop: int) -> dict:
 class RenderQueue:
     """Chunks of scenes rendered in worker processes (or lazily in-process with no workers)."""
 
-    def __init__(
-        self,
-        renderer: SceneRenderer,
-        workers: int,
-        world_module: str,
-        tokenizer_dir: Path,
-        single_object_share: float | None = None,
-    ):
+    def __init__(self, renderer: SceneRenderer, workers: int, world_module: str, tokenizer_dir: Path):
         self.renderer = renderer
         self.pool = None
         if workers > 0:
@@ -173,7 +167,8 @@ class RenderQueue:
             # before the parent touches CUDA or runs a torch op (OpenMP does not survive fork).
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
             context = multiprocessing.get_context(method)
-            self.pool = context.Pool(workers, _init_worker, (world_module, str(tokenizer_dir), single_object_share))
+            share = renderer.single_object_share
+            self.pool = context.Pool(workers, _init_worker, (world_module, str(tokenizer_dir), share))
         self.pending: dict[str, list] = {}
 
     def submit(self, phase: str, seeds: range, chunk: int) -> None:

@@ -517,13 +517,7 @@ def run(options: RunOptions, world=None) -> dict:
     device = torch.device(options.device)
     renderer = SceneRenderer(world, tokenizer, options.single_object_share)
     # The render workers fork now, before this process runs a torch op or touches CUDA.
-    queue = RenderQueue(
-        renderer,
-        0 if options.check_only else options.workers,
-        options.world_module,
-        options.tokenizer,
-        options.single_object_share,
-    )
+    queue = RenderQueue(renderer, 0 if options.check_only else options.workers, options.world_module, options.tokenizer)
     torch.manual_seed(options.seed)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
