@@ -102,8 +102,8 @@ def main() -> None:
         tiny_a = save_tiny_model(tmp / "tiny-a", seed=0)
         tiny_b = save_tiny_model(tmp / "tiny-b", seed=1)
         services = build(Settings(data_dir=tmp / "data", models_dir=tmp / "models", preview_every=0))
-        services.models.add(str(tiny_a), name="tiny-a")
-        services.models.add(str(tiny_b), name="tiny-b")
+        services.registry.add(str(tiny_a), name="tiny-a")
+        services.registry.add(str(tiny_b), name="tiny-b")
         results = {
             "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                         "device": services.placement.description, "dtype": services.placement.dtype_name,

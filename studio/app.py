@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from studio.engine.devices import Placement, placement
 from studio.engine.models import ModelManager
+from studio.engine.registry import ModelRegistry
 from studio.history.db import Database
 from studio.history.files import BlobStore
 from studio.history.store import HistoryStore, RecoveryReport
@@ -34,6 +35,7 @@ class Services:
     placement: Placement
     database: Database
     history: HistoryStore
+    registry: ModelRegistry
     models: ModelManager
     runner: JobRunner
     recovery: RecoveryReport
@@ -59,6 +61,7 @@ def build(settings: Settings | None = None) -> Services:
         log.warning("history files: %d without a row, %d rows missing a file, %d half-written temp files",
                     len(recovery.orphan_blobs), len(recovery.missing_blobs), len(recovery.stray_temp_files))
     where = placement(settings.device, settings.precision)
-    models = ModelManager(settings, where)
+    registry = ModelRegistry(settings)
+    models = ModelManager(settings, where, registry)
     runner = JobRunner(models, history, settings)
-    return Services(settings, where, database, history, models, runner, recovery)
+    return Services(settings, where, database, history, registry, models, runner, recovery)

@@ -294,12 +294,13 @@ def _history(args, services) -> None:
 def _models(args, services) -> None:
     models = services.models
     if args.action == "list":
-        models.default_name()  # makes the placeholder on a machine without the embedded model
-        data = [models.describe(entry) for entry in models.entries().values()]
-        text = "\n".join(f"{d['name']:<28} {d['source']:<12} {d['location']}" for d in data)
+        services.registry.default_name()  # makes the placeholder on a machine without the embedded model
+        data = [models.describe(entry) for entry in services.registry.entries().values()]
+        text = "\n".join(f"{d['name']:<28} {d['source']:<12} {d['location']}"
+                         + (f"\n{'':<28} cannot be loaded: {d['error']}" if d.get("error") else "") for d in data)
         _emit(args, data, text)
     elif args.action == "add":
-        entry = models.add(args.path, args.name, args.config)
+        entry = services.registry.add(args.path, args.name, args.config)
         _emit(args, models.describe(entry), f"added {entry.name} ({entry.source}: {entry.location})")
     elif args.action == "export":
         from studio.engine.checkpoints import export_single_file

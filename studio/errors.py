@@ -30,9 +30,3 @@ class NotFound(StudioError):
     """A run, model or file that was asked for does not exist."""
 
     exit_code = 4
-
-
-class RunCancelled(StudioError):
-    """The artist pressed Interrupt; the run keeps what it finished."""
-
-    exit_code = 5

@@ -28,8 +28,8 @@ from studio.engine.models import ModelManager
 from studio.engine.previews import Previewer
 from studio.engine.schedulers import SAMPLER_NAMES, describe_scheduler, make_scheduler, supports_karras
 from studio.errors import InputError, ModelError, StudioError
-from studio.history.infotext import format_infotext, parse_infotext, read_parameters
 from studio.history.store import HistoryStore, ImageRef
+from studio.infotext import format_infotext, parse_infotext, read_parameters
 from studio.requests import REQUEST_TYPES, Txt2ImgRequest, from_record, resolve_seed, to_record, validate
 from studio.settings import Settings
 
@@ -83,13 +83,12 @@ class JobRunner:
     def prepare(self, request, notices: list[str] | None = None):
         """Validate and make concrete (model, size, seed, mask): what will run and be recorded."""
         validate(request)
-        entry = self.models.resolve(request.model)
+        entry = self.models.registry.resolve(request.model)
         request = dataclasses.replace(request, model=entry.name)
         native = self.models.native_size(entry)
         mode = generate.MODES[request.mode]
-        if hasattr(mode, "resolve"):
-            env = ResolveEnv(native, notices if notices is not None else [], self.preprocessors, self.models)
-            request = mode.resolve(request, env)
+        env = ResolveEnv(native, notices if notices is not None else [], self.preprocessors, self.models)
+        request = mode.resolve(request, env)
         if request.width is None or request.height is None:
             request = dataclasses.replace(request, width=request.width or native, height=request.height or native)
         request = resolve_seed(request)
@@ -141,7 +140,7 @@ class JobRunner:
         started = time.perf_counter()
         model = self.models.load(request.model)
         load_s = time.perf_counter() - started
-        components = mode.components(request, self.models) if hasattr(mode, "components") else {}
+        components = mode.components(request, self.models)
         pipe = self.models.pipeline(mode.pipeline_mode(request), request.model, request.vae, **components)
         pipe.scheduler = make_scheduler(request.sampler, request.karras, dict(pipe.scheduler.config))
         self._vae_tiling(pipe, request)
@@ -161,8 +160,7 @@ class JobRunner:
 
             sample_started = time.perf_counter()
             try:
-                outcome = generate.run(pipe, request, mode, on_step=on_step, cancel=cancel,
-                                       context={"model": model, "settings": self.settings, "pipe": pipe})
+                outcome = generate.run(pipe, request, mode, on_step=on_step, cancel=cancel)
             except torch.OutOfMemoryError as error:
                 self.models.release_memory()
                 raise ModelError(f"the device ran out of memory at {request.width}x{request.height} with batch "
@@ -223,7 +221,7 @@ class JobRunner:
             "Model": model.entry.name,
             "VAE": request.vae,
         }
-        pairs.update(getattr(generate.MODES[request.mode], "infotext_pairs", lambda r: {})(request))
+        pairs.update(generate.MODES[request.mode].infotext_pairs(request))
         pairs["Version"] = f"studio {__version__}"
         return format_infotext(request.prompt, request.negative_prompt, pairs)
 
@@ -244,7 +242,7 @@ class JobRunner:
         parsed = parse_infotext(text)
         fields = {f.name for f in dataclasses.fields(Txt2ImgRequest)}
         values = {k: v for k, v in parsed.items() if k in fields}
-        if values.get("model") and values["model"] not in self.models.entries():
+        if values.get("model") and values["model"] not in self.models.registry.entries():
             values["model"] = self._model_by_hash(parsed.get("model_hash"))
         if values.get("sampler") and values["sampler"] not in SAMPLER_NAMES:
             values["sampler"] = Txt2ImgRequest.sampler
@@ -253,9 +251,9 @@ class JobRunner:
     def _model_by_hash(self, short_hash: str | None) -> str | None:
         if not short_hash:
             return None
-        for entry in self.models.entries().values():
+        for entry in self.models.registry.entries().values():
             try:
-                if self.models.model_hash(entry).startswith(short_hash.lower()):
+                if self.models.registry.model_hash(entry).startswith(short_hash.lower()):
                     return entry.name
             except StudioError:
                 continue

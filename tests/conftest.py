@@ -45,6 +45,6 @@ def services(settings, tiny_model_dir):
     from studio.app import build
 
     built = build(settings)
-    built.models.add(str(tiny_model_dir), name=TINY)
+    built.registry.add(str(tiny_model_dir), name=TINY)
     yield built
     built.close()

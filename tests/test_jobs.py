@@ -13,7 +13,7 @@ from tests_support import fast_request
 
 from studio.engine.generate import CancelToken
 from studio.errors import InputError, ModelError, NotFound
-from studio.history.infotext import parse_infotext
+from studio.infotext import parse_infotext
 from studio.requests import Txt2ImgRequest
 
 
@@ -104,8 +104,8 @@ def test_bad_input_records_nothing_and_the_runner_keeps_working(services):
 def test_a_corrupt_model_file_is_a_clear_error(services, tmp_path):
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
-    services.models.checkpoints_dir.mkdir(parents=True)
-    (services.models.checkpoints_dir / "broken.safetensors").write_bytes(broken.read_bytes())
+    services.registry.checkpoints_dir.mkdir(parents=True)
+    (services.registry.checkpoints_dir / "broken.safetensors").write_bytes(broken.read_bytes())
     with pytest.raises(ModelError) as error:
         services.runner.run(fast_request(model="broken"))
     assert error.value.field == "model"
@@ -158,7 +158,7 @@ from studio.app import build
 from studio.settings import Settings
 from tests_support import fast_request
 services = build(Settings(data_dir=Path(sys.argv[1]), default_model="tiny", device="cpu"))
-services.models.add(sys.argv[2], name="tiny")
+services.registry.add(sys.argv[2], name="tiny")
 def hang(progress):
     print("STEP", flush=True)
     time.sleep(60)

@@ -45,8 +45,43 @@ def refuse_pickle(path: Path, field: str = "model") -> None:
         )
 
 
+# Bytes per element of every dtype a safetensors header may name.
+SAFETENSORS_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
+                      "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_tensor(name: str, entry) -> tuple[int, int]:
+    """(begin, end) of one tensor's bytes, after checking its dtype, shape and offsets agree."""
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        raise ValueError(f"tensor {name!r} is not described by dtype, shape and data_offsets")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in SAFETENSORS_DTYPES:
+        raise ValueError(f"tensor {name!r} has an unknown dtype {str(dtype)[:20]!r}")
+    if not isinstance(shape, list) or not all(_whole(n) and n >= 0 for n in shape):
+        raise ValueError(f"tensor {name!r} has a shape that is not a list of sizes")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_whole(n) and n >= 0 for n in offsets)):
+        raise ValueError(f"tensor {name!r} has data_offsets that are not two byte positions")
+    count = 1
+    for n in shape:
+        count *= n
+    begin, end = offsets
+    if end - begin != count * SAFETENSORS_DTYPES[dtype]:
+        raise ValueError(f"tensor {name!r} claims {count:,} {dtype} values but {end - begin:,} bytes")
+    return begin, end
+
+
 def read_header(path: Path, field: str = "model") -> dict:
-    """The safetensors JSON header: {tensor name: {dtype, shape, data_offsets}}; raises ModelError if corrupt."""
+    """The safetensors JSON header: {tensor name: {dtype, shape, data_offsets}}; raises ModelError if corrupt.
+
+    Everything a loader would trust is checked against the file: each tensor's byte count matches
+    its dtype and shape, the tensors tile the data section exactly (no gaps, overlaps or bytes past
+    the end), so a file that lies fails here, at `models add`, not half-way through a load.
+    """
     try:
         with open(path, "rb") as handle:
             raw = handle.read(8)
@@ -54,17 +89,31 @@ def read_header(path: Path, field: str = "model") -> dict:
                 raise ValueError("file is shorter than a safetensors header")
             (length,) = struct.unpack("<Q", raw)
             size = path.stat().st_size
-            if length <= 0 or length > min(size - 8, 100 * 2**20):
+            if length <= 0 or length > min(size - 8, MAX_HEADER_BYTES):
                 raise ValueError(f"header length {length} does not fit a {size}-byte file")
-            header = json.loads(handle.read(length))
+            header = json.loads(handle.read(length).decode("utf-8"))
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
-        header.pop("__metadata__", None)
-        end = max((entry["data_offsets"][1] for entry in header.values()), default=0)
-        if 8 + length + end > size:
+        metadata = header.pop("__metadata__", None)
+        if metadata is not None and not (isinstance(metadata, dict) and
+                                         all(isinstance(v, str) for v in metadata.values())):
+            raise ValueError("__metadata__ is not a table of text values")
+        spans = sorted(_check_tensor(name, entry) for name, entry in header.items())
+        data_size = size - 8 - length
+        position = 0
+        for begin, end in spans:
+            if begin != position:
+                raise ValueError("tensor data overlaps or leaves gaps (offsets do not follow each other)")
+            position = end
+        if position > data_size:
             raise ValueError("the file is truncated (tensor data ends past the end of the file)")
+        if position < data_size:
+            raise ValueError(f"{data_size - position:,} bytes follow the last tensor")
         return header
-    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as error:
+    except RecursionError as error:  # a header nested thousands deep: bad data, not a crash
+        raise ModelError(f"{path.name} is not a valid .safetensors file (its header nests too deeply); "
+                         "re-download or re-export it", field=field) from error
+    except (OSError, ValueError, UnicodeDecodeError) as error:
         raise ModelError(f"{path.name} is not a valid .safetensors file ({error}); re-download or "
                          "re-export it", field=field) from error
 

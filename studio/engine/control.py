@@ -17,7 +17,7 @@ from diffusers import MultiControlNetModel
 from PIL import Image
 
 from studio.engine import imaging, mediapipe_pose, openpose
-from studio.engine.generate import register_mode
+from studio.engine.generate import CallPlan, Mode, register_mode
 from studio.errors import InputError, ModelError
 
 # Where each preprocessor's weights live under the annotators folder, and the hub repo they
@@ -245,7 +245,7 @@ def preprocessor_name(unit: dict) -> str:
             (True, True): "pose_full"}[(bool(unit["hands"]), bool(unit["face"]))]
 
 
-class Control:
+class Control(Mode):
     name = "control"
 
     def pipeline_mode(self, request) -> str:
@@ -265,7 +265,7 @@ class Control:
         for index, unit in enumerate(request.units):
             unit = dict(unit)
             if unit["model"] is None:
-                unit["model"] = env.models.default_controlnet(unit["type"], request.model)
+                unit["model"] = env.models.registry.default_controlnet(unit["type"], request.model)
             if unit["map"] is None:
                 if unit["preprocess"]:
                     try:
@@ -301,7 +301,7 @@ class Control:
         return {"controlnet": UnitsControlNet(nets, [u["guess_mode"] for u in request.units],
                                               guided=request.cfg_scale > 1)}
 
-    def call_kwargs(self, request, context: dict) -> dict:
+    def plan(self, request, pipe) -> CallPlan:
         maps = [unit["map"] for unit in request.units]
         kwargs = {"controlnet_conditioning_scale": [float(u["weight"]) for u in request.units],
                   "control_guidance_start": [float(u["start"]) for u in request.units],
@@ -312,10 +312,7 @@ class Control:
                           control_image=maps, strength=request.denoise_strength)
         else:
             kwargs["image"] = maps
-        return kwargs
-
-    def finish(self, images, request, context):
-        return images
+        return CallPlan(kwargs)
 
     def infotext_pairs(self, request) -> dict:
         pairs = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from PIL import Image
@@ -47,29 +47,47 @@ class CancelToken:
         return self._event.is_set()
 
 
-class Mode(Protocol):
-    """What a mode adds to the shared loop."""
+@dataclass
+class CallPlan:
+    """What a request's pipeline calls take (the same for every batch) and what its finish step needs."""
 
-    name: str
-
-    def pipeline_mode(self, request) -> str: ...
-
-    def call_kwargs(self, request, context: dict) -> dict: ...
-
-    def finish(self, images: list[Image.Image], request, context: dict) -> list[Image.Image]: ...
+    kwargs: dict
+    state: Any = None  # the mode's own working data (an inpaint's crop box and soft mask), for finish()
 
 
-class Txt2Img:
-    name = "txt2img"
+class Mode:
+    """A generation mode: what it adds to the shared loop. Every hook has a default, so nothing probes for them.
+
+    1. resolve: make the request concrete before it is recorded (sizes, control maps); may use the device
+    2. components: extra pipeline parts (ControlNets) loaded through the model manager
+    3. plan: the pipeline kwargs for this request, computed once for all its batches
+    4. finish: what happens to the pipeline's images (compositing over the original)
+    5. infotext_pairs: the mode's own A1111 infotext keys
+    """
+
+    name: str = "txt2img"
 
     def pipeline_mode(self, request) -> str:
         return "txt2img"
 
-    def call_kwargs(self, request, context: dict) -> dict:
-        return {"width": request.width, "height": request.height}
+    def resolve(self, request, env):
+        return request
 
-    def finish(self, images, request, context):
+    def components(self, request, models) -> dict:
+        return {}
+
+    def plan(self, request, pipe) -> CallPlan:
+        return CallPlan({"width": request.width, "height": request.height})
+
+    def finish(self, images: list[Image.Image], request, plan: CallPlan) -> list[Image.Image]:
         return images
+
+    def infotext_pairs(self, request) -> dict:
+        return {}
+
+
+class Txt2Img(Mode):
+    name = "txt2img"
 
 
 MODES: dict[str, Mode] = {"txt2img": Txt2Img()}
@@ -88,11 +106,10 @@ class Outcome:
 
 
 def run(pipe, request, mode: Mode, *, on_step: Callable[[StepInfo], None] | None = None,
-        cancel: CancelToken | None = None, context: dict | None = None) -> Outcome:
+        cancel: CancelToken | None = None) -> Outcome:
     """Run every batch of a request; stops between steps when cancelled, keeping finished images."""
-    context = context or {}
     seeds = request.seeds()
-    extra: dict[str, Any] = mode.call_kwargs(request, context)
+    plan = mode.plan(request, pipe)
     images: list[Image.Image] = []
     used_seeds: list[int] = []
     cancelled = False
@@ -122,9 +139,9 @@ def run(pipe, request, mode: Mode, *, on_step: Callable[[StepInfo], None] | None
             callback_on_step_end=step_end,
             callback_on_step_end_tensor_inputs=["latents"],
             output_type="pil",
-            **extra,
+            **plan.kwargs,
         )
-        images.extend(mode.finish(list(result.images), request, context))
+        images.extend(mode.finish(list(result.images), request, plan))
         used_seeds.extend(batch_seeds)
         if cancelled or (cancel is not None and cancel.cancelled):
             cancelled = True

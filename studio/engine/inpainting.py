@@ -18,7 +18,7 @@ from PIL import Image
 
 from studio.engine import imaging
 from studio.engine.devices import cpu_generator
-from studio.engine.generate import register_mode
+from studio.engine.generate import CallPlan, Mode, register_mode
 from studio.errors import InputError
 
 # A1111 meanings in the infotext, so A1111 reads our PNGs the way we wrote them.
@@ -89,7 +89,7 @@ def composite_over_original(plan: EditPlan, images: list[Image.Image]) -> list[I
             for out in images]
 
 
-class Inpaint:
+class Inpaint(Mode):
     name = "inpaint"
 
     def pipeline_mode(self, request) -> str:
@@ -109,7 +109,7 @@ class Inpaint:
                 width = height = env.native_size
         return dataclasses.replace(request, image=image, mask=mask, width=width, height=height)
 
-    def plan(self, request) -> EditPlan:
+    def edit_plan(self, request) -> EditPlan:
         original = request.image
         soft = _user_errors(imaging.prepare_mask, request.mask, request.mask_blur, request.invert_mask)
         if imaging.is_empty(soft):
@@ -124,12 +124,13 @@ class Inpaint:
         mask = soft if soft.size == size else soft.resize(size, Image.BILINEAR)
         return EditPlan(original, soft, None, image, mask)
 
-    def call_kwargs(self, request, context: dict) -> dict:
-        plan = context["plan"] = self.plan(request)
-        return pipeline_inputs(context["pipe"], plan, request.masked_content, request.denoise_strength, request.seed)
+    def plan(self, request, pipe) -> CallPlan:
+        edit = self.edit_plan(request)
+        return CallPlan(pipeline_inputs(pipe, edit, request.masked_content, request.denoise_strength, request.seed),
+                        edit)
 
-    def finish(self, images, request, context):
-        return composite_over_original(context["plan"], images)
+    def finish(self, images, request, plan: CallPlan):
+        return composite_over_original(plan.state, images)
 
     def infotext_pairs(self, request) -> dict:
         pairs = {"Denoising strength": request.denoise_strength, "Mask blur": request.mask_blur,
@@ -142,7 +143,7 @@ class Inpaint:
         return pairs
 
 
-class Outpaint:
+class Outpaint(Mode):
     name = "outpaint"
 
     def pipeline_mode(self, request) -> str:
@@ -156,7 +157,7 @@ class Outpaint:
             width, height = imaging.snap_size(*canvas)
         return dataclasses.replace(request, image=image, width=width, height=height)
 
-    def plan(self, request) -> EditPlan:
+    def edit_plan(self, request) -> EditPlan:
         canvas, mask = _user_errors(imaging.extend_canvas, request.image, request.left, request.right, request.top,
                                     request.bottom, request.infill, request.overlap, request.feather, request.seed)
         size = (request.width, request.height)
@@ -164,12 +165,12 @@ class Outpaint:
         small_mask = mask if mask.size == size else mask.resize(size, Image.BILINEAR)
         return EditPlan(canvas, mask, None, image, small_mask)
 
-    def call_kwargs(self, request, context: dict) -> dict:
-        plan = context["plan"] = self.plan(request)
-        return pipeline_inputs(context["pipe"], plan, "original", request.denoise_strength, request.seed)
+    def plan(self, request, pipe) -> CallPlan:
+        edit = self.edit_plan(request)
+        return CallPlan(pipeline_inputs(pipe, edit, "original", request.denoise_strength, request.seed), edit)
 
-    def finish(self, images, request, context):
-        return composite_over_original(context["plan"], images)
+    def finish(self, images, request, plan: CallPlan):
+        return composite_over_original(plan.state, images)
 
     def infotext_pairs(self, request) -> dict:
         sides = ", ".join(f"{side} {getattr(request, side)}" for side in ("left", "right", "top", "bottom")

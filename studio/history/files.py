@@ -5,14 +5,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
-from studio.history.infotext import PARAMETERS_KEY, STUDIO_KEY
+from studio.fileio import atomic_write
+from studio.infotext import PARAMETERS_KEY, STUDIO_KEY
 
 
 @dataclass(frozen=True)
@@ -46,22 +45,6 @@ def encode_png(image: Image.Image, parameters: str | None = None, request_json: 
     return buffer.getvalue()
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: a reader sees all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 class BlobStore:
     """PNG files under root/ab/abcdef....png, named by the sha256 of their bytes."""
 
@@ -81,9 +64,6 @@ class BlobStore:
         if not path.exists() or path.stat().st_size != len(data):
             atomic_write(path, data)
         return StoredBlob(sha, pixels_hash(image), len(data), image.width, image.height, path)
-
-    def exists(self, sha256: str) -> bool:
-        return self.path(sha256).is_file()
 
     def open(self, sha256: str) -> Image.Image:
         with Image.open(self.path(sha256)) as image:

@@ -78,10 +78,6 @@ class RecoveryReport:
     missing_blobs: list[tuple[int, str]]
     stray_temp_files: list[Path]
 
-    @property
-    def clean(self) -> bool:
-        return not (self.interrupted_runs or self.orphan_blobs or self.missing_blobs or self.stray_temp_files)
-
 
 class HistoryStore:
     def __init__(self, db: Database, blobs: BlobStore):

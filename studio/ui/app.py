@@ -36,7 +36,7 @@ CSS = """
 
 
 def model_note(services: Services, name: str | None) -> str:
-    entry = services.models.entries().get(name or "")
+    entry = services.registry.entries().get(name or "")
     if entry is None:
         return ""
     text = f"**{html.escape(entry.label)}**: {html.escape(entry.description or entry.location)}"
@@ -60,8 +60,8 @@ def wire_senders(ctx: UIContext) -> None:
 
 
 def build_ui(services: Services) -> gr.Blocks:
-    default = services.models.default_name()
-    native = services.models.native_size(services.models.resolve(default))
+    default = services.registry.default_name()
+    native = services.models.native_size(services.registry.resolve(default))
     with gr.Blocks(title="studio") as demo:
         with gr.Row(equal_height=True):
             model = gr.Dropdown(model_choices(services), value=default, label="Model", scale=3,
@@ -79,7 +79,7 @@ def build_ui(services: Services) -> gr.Blocks:
         wire_senders(ctx)
 
         def on_model_change(name):
-            size = services.models.native_size(services.models.resolve(name)) if name else native
+            size = services.models.native_size(services.registry.resolve(name)) if name else native
             update = {note: model_note(services, name)}
             for width, height in ctx.size_sliders:
                 update[width] = size

@@ -50,7 +50,7 @@ class UnitWidgets:
             with gr.Row():
                 self.guess_mode = gr.Checkbox(value=False, label="Guess mode (ControlNet is more important)",
                                               elem_id=f"{prefix}-guess")
-                self.model = gr.Dropdown([AUTOMATIC, *services.models.controlnet_entries()], value=AUTOMATIC,
+                self.model = gr.Dropdown([AUTOMATIC, *services.registry.controlnet_entries()], value=AUTOMATIC,
                                          label="ControlNet", allow_custom_value=True, elem_id=f"{prefix}-model")
                 self.detect = gr.Button("Show the control map", size="sm", elem_id=f"{prefix}-detect")
             with gr.Accordion("Pose without a photo: presets and OpenPose JSON", open=False):

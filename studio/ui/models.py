@@ -7,41 +7,45 @@ import gradio as gr
 from studio.errors import StudioError
 from studio.ui.context import UIContext
 
-COLUMNS = ["name", "source", "family", "loaded", "location", "description"]
+COLUMNS = ["name", "source", "family", "loaded", "location", "description", "problem"]
 
 
 def model_rows(services) -> list[list]:
-    models = services.models
     rows = []
-    for entry in models.entries().values():
-        row = models.describe(entry)
+    for entry in services.registry.entries().values():
+        row = services.models.describe(entry)
+        # a model whose files are bad stays listed, marked unloadable with the reason
+        row["problem"] = f"cannot be loaded: {row['error']}" if row.get("error") else ""
         rows.append([row.get(column, "") for column in COLUMNS])
     return rows
 
 
 def controlnet_rows(services) -> list[list]:
-    return [[e.name, e.source, e.location, e.description] for e in services.models.controlnet_entries().values()]
+    registry = services.registry
+    return [[e.name, e.source, e.location, e.description,
+             f"cannot be loaded: {reason}" if (reason := registry.controlnet_problem(e)) else ""]
+            for e in registry.controlnet_entries().values()]
 
 
 def model_choices(services) -> list[tuple[str, str]]:
-    return [(entry.label, entry.name) for entry in services.models.entries().values()]
+    return [(entry.label, entry.name) for entry in services.registry.entries().values()]
 
 
 def vae_choices(services) -> list[str]:
-    return ["Automatic", *services.models.vae_names()]
+    return ["Automatic", *services.registry.vae_names()]
 
 
 def build(ctx: UIContext) -> None:
     services = ctx.services
-    models = services.models
+    models, registry = services.models, services.registry
     with gr.Tab("Models", id="models"):
-        gr.Markdown(f"Checkpoints are read from `{models.checkpoints_dir}`, VAEs from `{models.vae_dir}` and "
-                    f"ControlNets from `{models.controlnet_dir}` (A1111 layout). Pick the active model and VAE "
+        gr.Markdown(f"Checkpoints are read from `{registry.checkpoints_dir}`, VAEs from `{registry.vae_dir}` and "
+                    f"ControlNets from `{registry.controlnet_dir}` (A1111 layout). Pick the active model and VAE "
                     "at the top of the page.")
         table = gr.Dataframe(model_rows(services), headers=COLUMNS, interactive=False, wrap=True,
                              elem_id="models-table")
         controlnets = gr.Dataframe(controlnet_rows(services), headers=["ControlNet", "source", "location",
-                                                                       "description"],
+                                                                       "description", "problem"],
                                    interactive=False, wrap=True, elem_id="models-controlnets")
         with gr.Row():
             path = gr.Textbox(label="Add a model: path to a .safetensors file or diffusers folder, or a hub id "
@@ -55,7 +59,7 @@ def build(ctx: UIContext) -> None:
 
     def on_add(location, chosen_name):
         try:
-            entry = models.add(location or "", chosen_name or None)
+            entry = registry.add(location or "", chosen_name or None)
         except StudioError as error:
             return {status: f"**Not added.** {error}"}
         return {status: f"Added **{entry.name}** ({entry.source}).", table: model_rows(services),

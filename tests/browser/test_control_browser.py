@@ -12,7 +12,7 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture
 def services(services):
-    save_tiny_controlnet(services.models.controlnet_dir / "tiny-openpose", seed=1)
+    save_tiny_controlnet(services.registry.controlnet_dir / "tiny-openpose", seed=1)
     return services
 
 

@@ -14,7 +14,7 @@ from studio.requests import ControlRequest, control_unit
 
 @pytest.fixture
 def control_services(services):
-    folder = services.models.controlnet_dir
+    folder = services.registry.controlnet_dir
     save_tiny_controlnet(folder / "tiny-openpose", seed=1)
     save_tiny_controlnet(folder / "tiny-depth", seed=2)
     return services
@@ -114,7 +114,7 @@ def test_bad_units_name_the_field(control_services, unit, field):
 def test_missing_controlnet_and_annotators_say_what_to_put_where(services, tmp_path):
     with pytest.raises(ModelError) as error:
         services.runner.run(control())
-    assert "ControlNet" in str(error.value) and str(services.models.controlnet_dir) in str(error.value)
+    assert "ControlNet" in str(error.value) and str(services.registry.controlnet_dir) in str(error.value)
     with pytest.raises(NotFound):
         services.runner.run(control(units=(control_unit(type="pose", image=pose_map(), preprocess=False,
                                                         model="nope"),)))

@@ -79,7 +79,7 @@ def test_every_masked_content_option_runs_and_keeps_the_outside(services, conten
 
 
 def test_nine_channel_inpainting_models_run(services, tiny_inpaint_dir):
-    services.models.add(str(tiny_inpaint_dir), name="tiny-inpaint")
+    services.registry.add(str(tiny_inpaint_dir), name="tiny-inpaint")
     image = photo()
     for content in ("original", "latent noise"):
         result = services.runner.run(inpaint(model="tiny-inpaint", image=image, masked_content=content))

@@ -85,7 +85,7 @@ def test_finds_the_astronaut_offline_where_she_is(detector_ready, tmp_path):
 
 
 def test_a_photo_without_a_person_is_a_clear_error_and_nothing_is_recorded(detector_ready, services, tmp_path):
-    save_tiny_controlnet(services.models.controlnet_dir / "tiny-openpose", seed=1)
+    save_tiny_controlnet(services.registry.controlnet_dir / "tiny-openpose", seed=1)
     services.runner.preprocessors = Preprocessors(tmp_path / "no-annotators")
     empty = Image.new("RGB", (64, 64), (30, 90, 200))
     request = ControlRequest(prompt="a figure", steps=2, seed=1, sampler="Euler",
@@ -97,7 +97,7 @@ def test_a_photo_without_a_person_is_a_clear_error_and_nothing_is_recorded(detec
 
 
 def test_a_pose_run_from_a_photo_records_the_detected_map(detector_ready, services, tmp_path):
-    save_tiny_controlnet(services.models.controlnet_dir / "tiny-openpose", seed=1)
+    save_tiny_controlnet(services.registry.controlnet_dir / "tiny-openpose", seed=1)
     services.runner.preprocessors = Preprocessors(tmp_path / "no-annotators")
     photo = astronaut().resize((128, 128))
     notices = []

@@ -27,7 +27,7 @@ def pixels(pipe, seed=3):
 
 def test_loads_a_diffusers_folder_offline(settings, tiny_model_dir):
     models = manager(settings)
-    models.add(str(tiny_model_dir), name="tiny")
+    models.registry.add(str(tiny_model_dir), name="tiny")
     loaded = models.load("tiny")
     assert loaded.family == "sd1" and loaded.native_size == 64 and not loaded.inpaint_unet
     assert loaded.pipe.unet.dtype == torch.float32
@@ -38,12 +38,12 @@ def test_loads_a_diffusers_folder_offline(settings, tiny_model_dir):
 
 def test_single_file_round_trip_gives_the_same_pixels(settings, tiny_model_dir, tmp_path):
     models = manager(settings)
-    models.add(str(tiny_model_dir), name="folder")
+    models.registry.add(str(tiny_model_dir), name="folder")
     folder_pipe = models.load("folder").pipe
     checkpoint = export_single_file(folder_pipe, tmp_path / "tiny.safetensors", dtype=torch.float32)
     info = inspect_checkpoint(checkpoint)
     assert (info.family, info.inpaint, info.kind) == ("sd1", False, "model")
-    models.add(str(checkpoint), name="single", config_dir=str(tiny_model_dir))
+    models.registry.add(str(checkpoint), name="single", config_dir=str(tiny_model_dir))
     single = models.load("single")
     assert single.entry.source == "single_file"
     for key, value in folder_pipe.unet.state_dict().items():
@@ -55,7 +55,7 @@ def test_single_file_round_trip_gives_the_same_pixels(settings, tiny_model_dir, 
 
 def test_inpaint_checkpoints_are_detected_from_the_unet(settings, tiny_inpaint_dir, tmp_path):
     models = manager(settings)
-    models.add(str(tiny_inpaint_dir), name="inpaint")
+    models.registry.add(str(tiny_inpaint_dir), name="inpaint")
     loaded = models.load("inpaint")
     assert loaded.inpaint_unet
     path = export_single_file(loaded.pipe, tmp_path / "inpaint.safetensors")
@@ -70,7 +70,7 @@ def test_pickle_checkpoints_are_refused_without_unpickling(settings, tmp_path):
     evil = tmp_path / "evil.ckpt"
     evil.write_bytes(pickle.dumps({"state_dict": Boom()}))
     with pytest.raises(ModelError) as error:
-        manager(settings).add(str(evil))
+        manager(settings).registry.add(str(evil))
     assert "pickle" in str(error.value) and error.value.field == "path"
 
 
@@ -79,38 +79,38 @@ def test_corrupt_safetensors_is_a_clear_error(settings, tmp_path, content):
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(content)
     with pytest.raises(ModelError) as error:
-        manager(settings).add(str(broken))
+        manager(settings).registry.add(str(broken))
     assert "not a valid .safetensors file" in str(error.value)
 
 
 def test_truncated_safetensors_is_caught(settings, tiny_model_dir, tmp_path):
     models = manager(settings)
-    models.add(str(tiny_model_dir), name="folder")
+    models.registry.add(str(tiny_model_dir), name="folder")
     path = export_single_file(models.load("folder").pipe, tmp_path / "cut.safetensors")
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(ModelError, match="truncated"):
-        models.add(str(path))
+        models.registry.add(str(path))
 
 
 def test_missing_and_unknown_models(settings, tiny_model_dir, tmp_path):
     models = manager(settings)
     with pytest.raises(ModelError, match="does not exist"):
-        models.add(str(tmp_path / "nope.safetensors"))
+        models.registry.add(str(tmp_path / "nope.safetensors"))
     with pytest.raises(NotFound) as error:
-        models.resolve("never-added")
+        models.registry.resolve("never-added")
     assert error.value.field == "model"
     copy = save_tiny_model(tmp_path / "vanishing")
-    models.add(str(copy), name="vanishing")
+    models.registry.add(str(copy), name="vanishing")
     import shutil
 
     shutil.rmtree(copy)
     with pytest.raises(ModelError, match="missing"):
-        models.resolve("vanishing")
+        models.registry.resolve("vanishing")
 
 
 def test_hub_ids_are_refused_offline(settings):
     with pytest.raises(ModelError, match="offline"):
-        manager(settings).add("runwayml/stable-diffusion-v1-5")
+        manager(settings).registry.add("runwayml/stable-diffusion-v1-5")
 
 
 def plenty_of_memory(monkeypatch, free=64 * 2**30):
@@ -124,7 +124,7 @@ def test_lru_cache_keeps_recent_models_and_evicts_the_oldest(settings, tiny_mode
     second = save_tiny_model(tmp_path / "second", seed=5)
     third = save_tiny_model(tmp_path / "third", seed=6)
     for name, path in (("a", tiny_model_dir), ("b", second), ("c", third)):
-        models.add(str(path), name=name)
+        models.registry.add(str(path), name=name)
     models.load("a")
     models.load("b")
     models.load("a")  # switching back costs no reload
@@ -138,8 +138,8 @@ def test_low_memory_evicts_loaded_models_before_loading_another(settings, tiny_m
     plenty_of_memory(monkeypatch)
     models = manager(settings, model_cache_size=4)
     second = save_tiny_model(tmp_path / "second", seed=5)
-    models.add(str(tiny_model_dir), name="a")
-    models.add(str(second), name="b")
+    models.registry.add(str(tiny_model_dir), name="a")
+    models.registry.add(str(second), name="b")
     models.load("a")
     plenty_of_memory(monkeypatch, free=1)  # less than the next model needs
     models.load("b")
@@ -155,7 +155,7 @@ def test_available_ram_counts_the_page_cache(tmp_path):
 
 def test_derived_pipelines_share_weights_and_dtype(settings, tiny_model_dir):
     models = ModelManager(settings, Placement(torch.device("cpu"), torch.bfloat16))
-    models.add(str(tiny_model_dir), name="tiny")
+    models.registry.add(str(tiny_model_dir), name="tiny")
     base = models.load("tiny").pipe
     img2img = models.pipeline("img2img", "tiny")
     assert img2img is not base and type(img2img).__name__ == "StableDiffusionImg2ImgPipeline"
@@ -168,22 +168,22 @@ def test_derived_pipelines_share_weights_and_dtype(settings, tiny_model_dir):
 def test_hashes_are_cached_by_stamp_and_follow_changes(settings, tmp_path):
     models = manager(settings)
     folder = save_tiny_model(tmp_path / "hashed", seed=2)
-    entry = models.add(str(folder), name="hashed")
-    first = models.model_hash(entry)
-    assert models.model_hash(entry) == first
-    assert first in models.hashes.path.read_text()
+    entry = models.registry.add(str(folder), name="hashed")
+    first = models.registry.model_hash(entry)
+    assert models.registry.model_hash(entry) == first
+    assert first in models.registry.hashes.path.read_text()
     weights = next(folder.rglob("unet/*.safetensors"))
     weights.write_bytes(weights.read_bytes())  # same bytes, new mtime: re-hashed, same value
-    assert models.model_hash(entry) == first
+    assert models.registry.model_hash(entry) == first
     other = save_tiny_model(tmp_path / "other", seed=3)
-    assert models.model_hash(dataclasses.replace(entry, location=str(other))) != first
+    assert models.registry.model_hash(dataclasses.replace(entry, location=str(other))) != first
 
 
 def test_placeholder_is_generated_when_nothing_else_exists(settings, monkeypatch, tmp_path):
-    import studio.engine.models as module
+    import studio.engine.registry as module
 
     monkeypatch.setattr(module, "EMBEDDED_MODELS_DIR", tmp_path / "no-assets")
     models = manager(settings, default_model=None)
-    assert models.default_name() == module.PLACEHOLDER_MODEL
-    entry = models.resolve(None)
+    assert models.registry.default_name() == module.PLACEHOLDER_MODEL
+    entry = models.registry.resolve(None)
     assert entry.source == "placeholder" and "untrained" in entry.label

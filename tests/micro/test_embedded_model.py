@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio.engine.models import EMBEDDED_MODEL, EMBEDDED_MODELS_DIR
+from studio.engine.registry import EMBEDDED_MODEL, EMBEDDED_MODELS_DIR
 from studio.micro import eval as evaluation
 from studio.micro import judge, world
 from studio.requests import ControlRequest, InpaintRequest, OutpaintRequest, Txt2ImgRequest, control_unit
@@ -44,8 +44,8 @@ def request(prompt: str, seed: int, **overrides) -> Txt2ImgRequest:
 
 
 def test_the_embedded_model_is_the_default_and_loads_like_any_checkpoint(embedded):
-    assert embedded.models.default_name() == EMBEDDED_MODEL
-    entry = embedded.models.resolve(None)
+    assert embedded.registry.default_name() == EMBEDDED_MODEL
+    entry = embedded.registry.resolve(None)
     assert entry.source == "embedded" and entry.example_prompts
     loaded = embedded.models.load(None)
     assert loaded.native_size == 128 and loaded.family == "sd1"

@@ -3,7 +3,7 @@
 from PIL import Image
 
 from studio.history.files import encode_png
-from studio.history.infotext import format_infotext, parse_infotext, read_parameters
+from studio.infotext import format_infotext, parse_infotext, read_parameters
 
 A1111_SAMPLE = """masterpiece, a castle on a hill, (dramatic lighting:1.2)
 sunset, clouds
