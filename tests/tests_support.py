@@ -1,5 +1,6 @@
 """Helpers the tests import (conftest fixtures cannot be imported by child processes)."""
 
+import socket
 import time
 
 from studio.requests import Txt2ImgRequest
@@ -20,3 +21,9 @@ def wait_for(condition, timeout: float = 90.0) -> bool:
             return True
         time.sleep(0.25)
     raise AssertionError("condition not met in time")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
