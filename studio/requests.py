@@ -7,7 +7,10 @@ CLI help all read the same numbers.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import random
+import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -15,8 +18,12 @@ from PIL import Image
 
 from studio.engine.schedulers import SAMPLER_NAMES
 from studio.errors import InputError
+from studio.history.schema import MAX_RUN_ID
 
 MAX_SEED = 2**32 - 1
+# Longer prompts are refused rather than stored: CLIP reads 77 tokens, and A1111-style chunking
+# rarely goes past a few thousand characters; this bounds what one request can write to the history.
+MAX_TEXT_CHARS = 20_000
 
 
 def spec(default: Any, label: str, *, min: float | None = None, max: float | None = None,
@@ -46,6 +53,12 @@ class Txt2ImgRequest:
     batch_count: int = spec(1, "Batch count", min=1, max=100, step=1, help="pipeline calls in a row")
     parent_run_id: int | None = spec(None, "Parent run", help="the run this one derives from")
 
+    def __post_init__(self):
+        # null is the API's documented default for the prompts: it means no text
+        for name in ("prompt", "negative_prompt"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, "")
+
     @property
     def image_count(self) -> int:
         return self.batch_size * self.batch_count
@@ -71,6 +84,89 @@ def field_spec(cls: type, name: str) -> dict:
     return dict(next(f for f in dataclasses.fields(cls) if f.name == name).metadata)
 
 
+def number(value: float) -> str:
+    """A number as people write it: 4294967295, 7.5, 0.75 (not 4.29497e+09)."""
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) < 1e16):
+        return str(int(value))
+    return f"{value:g}"
+
+
+def shown(value: Any) -> str:
+    """A short, safe rendering of a given value for a message (never the whole of a huge payload)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return number(value)
+    if isinstance(value, str):
+        return repr(value[:40]) + ("..." if len(value) > 40 else "")
+    return {list: "a list", tuple: "a list", dict: "an object"}.get(type(value), f"a {type(value).__name__}")
+
+
+def check_text(value: str, field: str) -> str:
+    """Text that can be stored, encoded and shown: UTF-8 encodable, no NUL, of a sane length."""
+    if len(value) > MAX_TEXT_CHARS:
+        raise InputError(f"is {len(value):,} characters long; shorten it to {MAX_TEXT_CHARS:,} at most", field=field)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InputError(f"contains a character that is not valid text (U+{ord(value[error.start]):04X} at "
+                         f"position {error.start}, half of a surrogate pair); remove it", field=field) from None
+    if "\0" in value:
+        raise InputError(f"contains a NUL character at position {value.index(chr(0))}; remove it", field=field)
+    return value
+
+
+def parse_run_id(value: Any, field: str = "run") -> int:
+    """A run id from a widget or an API call (a number or its digits), or an InputError saying what to send."""
+    if value is None or value == "":
+        raise InputError("select a run first", field=field)
+    if isinstance(value, str) and value.strip().lstrip("#").isdigit():
+        value = int(value.strip().lstrip("#"))
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{shown(value)} is not a run number; give the # of a run in the History", field=field)
+    if not 1 <= value <= MAX_RUN_ID:
+        raise InputError(f"{value} is not a run number; run numbers go from 1 to {MAX_RUN_ID}", field=field)
+    return value
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _wanted(cls: type, name: str, base: Any) -> str:
+    """What a field takes, in words: "a whole number from 1 to 150", "true or false", "text"."""
+    meta = field_spec(cls, name)
+    bounds = f" from {number(meta['min'])} to {number(meta['max'])}" if meta.get("min") is not None else ""
+    return {bool: "true or false", int: f"a whole number{bounds}", float: f"a number{bounds}", str: "text",
+            tuple: "a list"}.get(base, "a value")
+
+
+def _check_type(cls: type, name: str, value: Any, hint: Any) -> None:
+    """The value has the field's declared type (a request built in code, or from a record, can hold anything)."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    if value is None:
+        if optional:
+            return
+        raise InputError(f"is empty; give {_wanted(cls, name, base)}", field=name)
+    wrong = {bool: not isinstance(value, bool),
+             int: isinstance(value, bool) or not isinstance(value, int),
+             float: isinstance(value, bool) or not isinstance(value, (int, float)),
+             str: not isinstance(value, str), tuple: not isinstance(value, tuple)}.get(base, False)
+    if wrong:
+        raise InputError(f"{shown(value)} is not {_wanted(cls, name, base)}", field=name)
+    if base is float and not math.isfinite(value):
+        raise InputError(f"{value} is not a finite number; give {_wanted(cls, name, base)}", field=name)
+    if base is str:
+        check_text(value, name)
+
+
 def _check_range(request: Any, name: str) -> None:
     value = getattr(request, name)
     meta = field_spec(type(request), name)
@@ -78,17 +174,18 @@ def _check_range(request: Any, name: str) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"{value!r} is not a number", field=name)
+        raise InputError(f"{shown(value)} is not a number", field=name)
+    if not math.isfinite(value):
+        raise InputError(f"{value} is not a finite number; use {number(low)} to {number(high)}", field=name)
     if (low is not None and value < low) or (high is not None and value > high):
-        raise InputError(f"{value} is out of range; use {low:g} to {high:g}", field=name)
+        raise InputError(f"{number(value)} is out of range; use {number(low)} to {number(high)}", field=name)
 
 
 def validate(request: Any) -> Any:
     """Check every field; raise InputError naming the first bad field and the allowed values."""
-    if not isinstance(request.prompt, str):
-        raise InputError("must be text", field="prompt")
-    if not isinstance(request.negative_prompt, str):
-        raise InputError("must be text", field="negative_prompt")
+    for name, hint in _field_types(type(request)).items():
+        if name in {f.name for f in dataclasses.fields(request)}:
+            _check_type(type(request), name, getattr(request, name), hint)
     for f in dataclasses.fields(request):
         if f.metadata.get("min") is not None or f.metadata.get("max") is not None:
             _check_range(request, f.name)
@@ -267,12 +364,14 @@ def control_unit(**values) -> dict:
 
 def _check_unit(index: int, unit: dict) -> None:
     where = f"units[{index}]"
+    if not isinstance(unit, dict):
+        raise InputError(f"{shown(unit)} is not a control unit (type, image, weight, ...)", field=where)
     unknown = set(unit) - set(CONTROL_UNIT_DEFAULTS)
     if unknown:
         raise InputError(f"unknown setting(s) {', '.join(sorted(unknown))}; use {', '.join(CONTROL_UNIT_DEFAULTS)}",
                          field=where)
     if unit.get("type") not in CONTROL_TYPES:
-        raise InputError(f"type {unit.get('type')!r} is not one of {', '.join(CONTROL_TYPES)}", field=f"{where}.type")
+        raise InputError(f"type {shown(unit.get('type'))} is not one of {', '.join(CONTROL_TYPES)}", field=f"{where}.type")
     picture = unit.get("map") if unit.get("map") is not None else unit.get("image")
     if picture is None:
         raise InputError("has no image; upload a photo to preprocess or a ready control map", field=f"{where}.image")
@@ -281,10 +380,12 @@ def _check_unit(index: int, unit: dict) -> None:
     for key, (low, high) in (("weight", CONTROL_WEIGHT_RANGE), ("start", (0.0, 1.0)), ("end", (0.0, 1.0))):
         value = unit.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            raise InputError(f"{value!r} is out of range; use {low:g} to {high:g}", field=f"{where}.{key}")
+            raise InputError(f"{shown(value)} is out of range; use {number(low)} to {number(high)}", field=f"{where}.{key}")
     for key in ("preprocess", "guess_mode", "hands", "face"):
         if not isinstance(unit.get(key), bool):
-            raise InputError(f"{unit.get(key)!r} is not true or false", field=f"{where}.{key}")
+            raise InputError(f"{shown(unit.get(key))} is not true or false", field=f"{where}.{key}")
+    if unit.get("model") is not None and not isinstance(unit["model"], str):
+        raise InputError(f"{shown(unit['model'])} is not a ControlNet name", field=f"{where}.model")
     if unit["start"] >= unit["end"]:
         raise InputError(f"start {unit['start']:g} must be before end {unit['end']:g}", field=f"{where}.start")
 

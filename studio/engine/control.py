@@ -48,14 +48,18 @@ def pose_map_from_keypoints(poses, width: int, height: int) -> Image.Image:
 
 def read_pose_json(path) -> tuple[list, int, int]:
     """(poses, width, height) from an OpenPose JSON file, or an InputError naming what is wrong."""
-    import json
+    from studio.fileio import read_json
 
     try:
-        return openpose.poses_from_openpose_json(json.loads(Path(path).read_text()))
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputError(f"cannot read OpenPose JSON ({error})", field="pose_json") from error
+        data = read_json(path)
+    except OSError as error:
+        raise InputError(f"cannot read the OpenPose JSON file ({error.strerror})", field="pose_json") from error
     except ValueError as error:
-        raise InputError(str(error)) from error
+        raise InputError(f"cannot read OpenPose JSON ({error})", field="pose_json") from error
+    try:
+        return openpose.poses_from_openpose_json(data)
+    except ValueError as error:
+        raise InputError(str(error), field="pose_json") from error
 
 
 class Preprocessors:

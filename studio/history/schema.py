@@ -8,6 +8,7 @@ from sqlalchemy import JSON, Boolean, CheckConstraint, DateTime, Float, ForeignK
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 RUN_STATUSES = ("running", "done", "failed", "interrupted")
+MAX_RUN_ID = 2**63 - 1  # SQLite's largest integer: a larger id names no run (and cannot even be bound)
 
 
 def utcnow() -> datetime:

@@ -12,9 +12,15 @@ from sqlalchemy import delete, func, or_, select, update
 from studio.errors import NotFound
 from studio.history.db import Database
 from studio.history.files import BlobStore, StoredBlob, pixels_hash
-from studio.history.schema import Blob, Run, RunImage, utcnow
+from studio.history.schema import MAX_RUN_ID, Blob, Run, RunImage, utcnow
 
 _RUN_COLUMNS = [c.key for c in Run.__table__.columns]
+
+
+def _run_or_none(session, run_id) -> Run | None:
+    if isinstance(run_id, bool) or not isinstance(run_id, int) or not 1 <= run_id <= MAX_RUN_ID:
+        return None
+    return session.get(Run, run_id)
 
 
 @dataclass(frozen=True)
@@ -115,7 +121,7 @@ class HistoryStore:
         stored = [(self.blobs.put_image(image, text, request_json), seed)
                   for image, seed, text, request_json in outputs]
         with self.db.transaction() as session:
-            run = session.get(Run, run_id)
+            run = _run_or_none(session, run_id)
             if run is None:
                 raise NotFound(f"run {run_id} does not exist", field="run")
             for position, (blob, seed) in enumerate(stored):
@@ -133,14 +139,15 @@ class HistoryStore:
 
     def star(self, run_id: int, starred: bool = True) -> None:
         with self.db.transaction() as session:
-            result = session.execute(update(Run).where(Run.id == run_id).values(starred=starred))
-            if result.rowcount == 0:
+            run = _run_or_none(session, run_id)
+            if run is None:
                 raise NotFound(f"run {run_id} does not exist", field="run")
+            run.starred = starred
 
     def delete(self, run_id: int) -> list[str]:
         """Remove the row and the files that no other run uses; returns the deleted blob hashes."""
         with self.db.transaction() as session:
-            run = session.get(Run, run_id)
+            run = _run_or_none(session, run_id)
             if run is None:
                 raise NotFound(f"run {run_id} does not exist", field="run")
             hashes = {image.blob_sha256 for image in run.images}
@@ -181,7 +188,7 @@ class HistoryStore:
 
     def get(self, run_id: int) -> RunRecord:
         with self.db.transaction() as session:
-            run = session.get(Run, run_id)
+            run = _run_or_none(session, run_id)
             if run is None:
                 raise NotFound(f"run {run_id} does not exist", field="run")
             return self._record(run)

@@ -9,6 +9,7 @@ import gradio as gr
 from studio.app import Services
 from studio.ui import control, history, inpaint, models, outpaint, txt2img
 from studio.ui.context import UIContext
+from studio.ui.guard import StudioBlocks, guarded
 from studio.ui.models import model_choices, vae_choices
 
 # Ctrl+Enter (Cmd+Enter) presses the Generate button of the visible tab, as in A1111.
@@ -50,6 +51,7 @@ def wire_senders(ctx: UIContext) -> None:
     for sender in ctx.senders:
         receiver = ctx.receivers[sender.target]
 
+        @guarded
         def send(*values, sender=sender, receiver=receiver):
             image = sender.pick(*values)
             if image is None:
@@ -62,7 +64,7 @@ def wire_senders(ctx: UIContext) -> None:
 def build_ui(services: Services) -> gr.Blocks:
     default = services.registry.default_name()
     native = services.models.native_size(services.registry.resolve(default))
-    with gr.Blocks(title="studio") as demo:
+    with StudioBlocks(title="studio") as demo:
         with gr.Row(equal_height=True):
             model = gr.Dropdown(model_choices(services), value=default, label="Model", scale=3,
                                 elem_id="model-select")
@@ -78,6 +80,7 @@ def build_ui(services: Services) -> gr.Blocks:
             models.build(ctx)
         wire_senders(ctx)
 
+        @guarded
         def on_model_change(name):
             size = services.models.native_size(services.registry.resolve(name)) if name else native
             update = {note: model_note(services, name)}

@@ -11,10 +11,10 @@ from PIL import Image
 
 from studio.engine import openpose
 from studio.engine.control import pose_map_from_keypoints, read_pose_json
-from studio.errors import InputError, StudioError
 from studio.requests import CONTROL_TYPES, CONTROL_UNIT_DEFAULTS, MAX_CONTROL_UNITS, ControlRequest, control_unit
 from studio.ui.context import TabRestore, UIContext
-from studio.ui.widgets import generation_panel, result_widgets, slider, tab_header, user_error, wire_results
+from studio.ui.guard import guarded, name_input
+from studio.ui.widgets import generation_panel, result_widgets, slider, tab_header, wire_results
 
 AUTOMATIC = "Automatic"
 DEPTH_BRUSH_GREYS = ["#ffffff", "#c0c0c0", "#808080", "#404040", "#000000"]
@@ -74,6 +74,13 @@ class UnitWidgets:
             # the map a restored run used, and the keypoints of a preset/imported pose
             self.recorded_map = gr.State(None)
             self.keypoints = gr.State(None)
+        where = f"units[{index}]"
+        for key, component in dict(enabled=self.enabled, type=self.type, preprocess=self.preprocess, image=self.image,
+                                   weight=self.weight, start=self.start, end=self.end, guess_mode=self.guess_mode,
+                                   model=self.model, hands=self.hands, face=self.face, pose_json=self.pose_json,
+                                   depth_painting=self.depth_canvas).items():
+            name_input(component, f"{where}.{key}")
+        name_input(self.preset, f"{where}.preset", empty_ok=True)  # Use preset without a choice says so itself
 
     @property
     def inputs(self) -> list:
@@ -121,6 +128,8 @@ def build(ctx: UIContext, native_size: int) -> None:
                 progress, preview, gallery, info = result_widgets("control")
         last = gr.State(None)
 
+    name_input(init_image, "init_image")
+    name_input(strength, "denoise_strength")
     extra = {"init_image": init_image, "strength": strength}
     for unit in units:
         extra.update({f"unit{unit.index}-{i}": component for i, component in enumerate(unit.inputs)})
@@ -139,12 +148,11 @@ def build(ctx: UIContext, native_size: int) -> None:
         widgets.image.upload(lambda: None, outputs=widgets.recorded_map, api_name=False)
         widgets.image.clear(lambda: None, outputs=widgets.recorded_map, api_name=False)
 
+        @guarded
         def detect(data: dict, widgets=widgets):
             notices = []
-            try:
-                request = services.runner.prepare(make_request({**data, widgets.enabled: True}), notices)
-            except StudioError as error:  # a missing annotator is a ModelError: shown, with what to do
-                raise user_error(error) from error
+            # a missing annotator is a ModelError: shown, with what to do
+            request = services.runner.prepare(make_request({**data, widgets.enabled: True}), notices)
             for notice in notices:  # e.g. which pose detector made the map, a map that was resized
                 gr.Info(notice)
             position = [w for w in units if data[w.enabled] or w is widgets].index(widgets)
@@ -152,6 +160,7 @@ def build(ctx: UIContext, native_size: int) -> None:
 
         widgets.detect.click(detect, inputs=panel.inputs | set(extra.values()), outputs=widgets.map, api_name=False)
 
+        @guarded
         def use_preset(name, width, height, widgets=widgets):
             if not name:
                 raise gr.Error("choose a pose preset first")
@@ -166,19 +175,18 @@ def build(ctx: UIContext, native_size: int) -> None:
         widgets.use_preset.click(use_preset, inputs=[widgets.preset, panel.fields["width"], panel.fields["height"]],
                                  outputs=preset_outputs, api_name=False)
 
+        @guarded
         def import_json(file, widgets=widgets):
             if file is None:
                 return {}
-            try:
-                poses, width, height = read_pose_json(file if isinstance(file, str) else file.name)
-            except InputError as error:
-                raise user_error(error) from error
+            poses, width, height = read_pose_json(file if isinstance(file, str) else file.name)
             image = pose_map_from_keypoints(poses, width, height)
             return {widgets.image: image, widgets.map: image, widgets.preprocess: False, widgets.type: "pose",
                     widgets.keypoints: {"poses": poses, "width": width, "height": height}, widgets.recorded_map: None}
 
         widgets.pose_json.upload(import_json, inputs=widgets.pose_json, outputs=preset_outputs, api_name=False)
 
+        @guarded
         def export_json(keypoints, widgets=widgets):
             if not keypoints:
                 raise gr.Error("use a preset or import a pose first: detected poses have no keypoints to export")
@@ -189,6 +197,7 @@ def build(ctx: UIContext, native_size: int) -> None:
 
         widgets.export.click(export_json, inputs=widgets.keypoints, outputs=widgets.exported, api_name=False)
 
+        @guarded
         def use_painting(value, width, height, widgets=widgets):
             painted = (value or {}).get("composite")
             if painted is None:

@@ -8,10 +8,11 @@ from functools import lru_cache
 import gradio as gr
 from PIL import Image, ImageDraw
 
-from studio.errors import StudioError
-from studio.requests import REQUEST_TYPES
+from studio.errors import InputError, StudioError
+from studio.requests import REQUEST_TYPES, parse_run_id
 from studio.ui.context import DEVICE_QUEUE, ImageSender, UIContext
-from studio.ui.widgets import progress_html, stream_run, user_error
+from studio.ui.guard import guarded, name_input
+from studio.ui.widgets import progress_html, stream_run
 
 ALL = "all"
 PAGE_SIZE = 60
@@ -109,7 +110,11 @@ def build(ctx: UIContext) -> None:
             png = gr.Image(type="pil", label="PNG", format="png", sources=["upload"], elem_id="history-png")
             import_button = gr.Button("Restore parameters from PNG", elem_id="history-import")
         shown = gr.State([])
+    for component, field in ((search, "search"), (mode, "mode"), (model, "model"), (starred, "starred"),
+                             (selected, "run"), (png, "png")):
+        name_input(component, field, empty_ok=True if component in (model, selected) else None)
 
+    @guarded
     def load_runs(text, mode_value, model_value, starred_only):
         records = history.search(text or None, mode=None if mode_value == ALL else mode_value,
                                  model=None if model_value in (ALL, None, "") else model_value,
@@ -130,23 +135,25 @@ def build(ctx: UIContext) -> None:
         if run_id is None:
             return {status: "Select a run."}
         try:
-            record = history.get(int(run_id))
+            record = history.get(parse_run_id(run_id))
         except StudioError as error:
             return {status: str(error)}
         ancestors, children = history.lineage(record.id)
         return {selected: record.id, details: details_markdown(record), lineage: lineage_markdown(ancestors, children),
                 outputs: [(str(r.path), f"seed {r.seed}") for r in record.outputs], status: ""}
 
+    @guarded
     def on_select(ids, event: gr.SelectData):
         return show(ids[event.index]) if event.index < len(ids) else {status: "Refresh the list."}
 
     detail_outputs = [selected, details, lineage, outputs, status]
     runs.select(on_select, inputs=shown, outputs=detail_outputs, api_name=False)
 
+    @guarded
     def go_parent(run_id):
         if run_id is None:
             return {status: "Select a run."}
-        parent = history.get(int(run_id)).parent_id
+        parent = history.get(parse_run_id(run_id)).parent_id
         return show(parent) if parent else {status: "This run has no parent: it is the root of its lineage."}
 
     parent_button.click(go_parent, inputs=selected, outputs=detail_outputs, api_name=False)
@@ -161,32 +168,26 @@ def build(ctx: UIContext) -> None:
             raise gr.Error(f"runs of mode {request.mode!r} cannot be restored in this version")
         return {ctx.tabs: gr.Tabs(selected=binding.tab_id), status: note, **binding.updates(request)}
 
+    @guarded
     def on_restore(run_id):
-        if run_id is None:
-            raise gr.Error("select a run first")
-        try:
-            request = runner.restore(int(run_id))
-        except StudioError as error:
-            raise user_error(error) from error
-        return restore_request(request, f"Restored run #{int(run_id)} into its tab.")
+        run_id = parse_run_id(run_id)
+        return restore_request(runner.restore(run_id), f"Restored run #{run_id} into its tab.")
 
     restore.click(on_restore, inputs=selected, outputs=restore_outputs, api_name="restore_run")
 
+    @guarded
     def on_import(image):
         if image is None:
-            raise gr.Error("image: upload a PNG first")
-        try:
-            request = runner.request_from_png(image)
-        except StudioError as error:
-            raise user_error(error) from error
+            raise InputError("upload a PNG first", field="png")
+        request = runner.request_from_png(image)
         return restore_request(request, "Restored the parameters embedded in the PNG.")
 
     import_button.click(on_import, inputs=png, outputs=restore_outputs, api_name=False)
 
+    @guarded
     def on_rerun(run_id, *filter_values):
-        if run_id is None:
-            raise gr.Error("select a run first")
-        for kind, payload in stream_run(lambda report: runner.rerun(int(run_id), on_progress=report),
+        run_id = parse_run_id(run_id)
+        for kind, payload in stream_run(lambda report: runner.rerun(run_id, on_progress=report),
                                         progress, None):
             if kind == "progress":
                 yield payload
@@ -199,32 +200,32 @@ def build(ctx: UIContext) -> None:
     rerun.click(on_rerun, inputs=[selected, *filters], outputs=[*detail_outputs, runs, shown, model, progress],
                 concurrency_id=DEVICE_QUEUE, concurrency_limit=1, api_name="rerun_run")
 
+    @guarded
     def on_star(run_id, *filter_values):
-        if run_id is None:
-            raise gr.Error("select a run first")
-        record = history.get(int(run_id))
+        record = history.get(parse_run_id(run_id))
         history.star(record.id, not record.starred)
         items, ids, models = load_runs(*filter_values)
         return {**show(record.id), runs: items, shown: ids, model: models}
 
     star.click(on_star, inputs=[selected, *filters], outputs=[*detail_outputs, runs, shown, model], api_name=False)
 
+    @guarded
     def on_delete(run_id, *filter_values):
-        if run_id is None:
-            raise gr.Error("select a run first")
-        removed = history.delete(int(run_id))
+        run_id = parse_run_id(run_id)
+        removed = history.delete(run_id)
         items, ids, models = load_runs(*filter_values)
         return {runs: items, shown: ids, model: models, selected: None, details: "", lineage: "", outputs: [],
-                status: f"Deleted run #{int(run_id)} and {len(removed)} file(s) only it used."}
+                status: f"Deleted run #{run_id} and {len(removed)} file(s) only it used."}
 
     delete.click(on_delete, inputs=[selected, *filters], outputs=[*detail_outputs, runs, shown, model],
                  api_name=False)
 
+    @guarded
     def first_output(run_id):
         """The selected run's first output: "go back to this version and branch from it"."""
         if run_id is None:
             return None
-        record = history.get(int(run_id))
+        record = history.get(parse_run_id(run_id))
         return history.load_image(record.outputs[0]) if record.outputs else None
 
     ctx.senders.append(ImageSender(to_inpaint, "inpaint", [selected], first_output))

@@ -9,15 +9,8 @@ from studio.engine import imaging
 from studio.errors import InputError
 from studio.requests import INPAINT_AREAS, MASKED_CONTENT, InpaintRequest
 from studio.ui.context import ImageReceiver, ImageSender, TabRestore, UIContext
-from studio.ui.widgets import (
-    generation_panel,
-    result_widgets,
-    selected_image,
-    slider,
-    tab_header,
-    user_error,
-    wire_results,
-)
+from studio.ui.guard import guarded, name_input
+from studio.ui.widgets import generation_panel, result_widgets, selected_image, slider, tab_header, wire_results
 
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
 AREA_LABELS = dict(zip(INPAINT_AREAS, ("Whole picture", "Only masked")))
@@ -89,6 +82,10 @@ def build(ctx: UIContext, native_size: int) -> None:
     settings = dict(mask_blur=mask_blur, mask_mode=mask_mode, masked_content=masked_content, area=area,
                     padding=padding, strength=strength, editor=editor, mask_upload=mask_upload)
     panel.extra.update(settings)
+    for name, component in dict(mask_blur=mask_blur, mask_mode=mask_mode, masked_content=masked_content,
+                                inpaint_area=area, padding=padding, denoise_strength=strength, image=editor,
+                                mask=mask_upload).items():
+        name_input(component, name)
     area_by_label = {label: name for name, label in AREA_LABELS.items()}
 
     def make_request(data: dict) -> InpaintRequest:
@@ -101,19 +98,21 @@ def build(ctx: UIContext, native_size: int) -> None:
     wire_results(ctx.services.runner, make_request, generate, interrupt, panel,
                  dict(progress=progress, preview=preview, gallery=gallery, info=info, last=last), api_name="inpaint")
 
+    @guarded
     def on_show_mask(data: dict):
+        request = make_request(data)
         try:
-            request = make_request(data)
             mask, _notice = imaging.load_mask(request.mask, request.image.size)
             return imaging.mask_preview(request.image, mask, request.mask_blur, request.invert_mask,
                                         request.inpaint_area, request.padding,
                                         (request.width or native_size, request.height or native_size))
-        except (InputError, ValueError) as error:
-            raise user_error(error if isinstance(error, InputError) else InputError(str(error))) from error
+        except ValueError as error:  # imaging says "field: what is wrong"
+            raise InputError(str(error)) from error
 
     show_mask.click(on_show_mask, inputs=panel.inputs | set(settings.values()), outputs=mask_preview,
                     api_name=False)
 
+    @guarded
     def on_new_image(value):
         background = (value or {}).get("background")
         if background is None:

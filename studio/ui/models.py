@@ -6,6 +6,7 @@ import gradio as gr
 
 from studio.errors import StudioError
 from studio.ui.context import UIContext
+from studio.ui.guard import guarded, name_input
 
 COLUMNS = ["name", "source", "family", "loaded", "location", "description", "problem"]
 
@@ -57,6 +58,10 @@ def build(ctx: UIContext) -> None:
             unload = gr.Button("Unload all models from memory", elem_id="models-unload")
         status = gr.Markdown(elem_id="models-status")
 
+    name_input(path, "path")
+    name_input(name, "name")
+
+    @guarded
     def on_add(location, chosen_name):
         try:
             entry = registry.add(location or "", chosen_name or None)
@@ -67,12 +72,14 @@ def build(ctx: UIContext) -> None:
 
     add.click(on_add, inputs=[path, name], outputs=[status, table, ctx.model], api_name=False)
 
+    @guarded
     def on_refresh():
         return {table: model_rows(services), controlnets: controlnet_rows(services),
                 ctx.model: gr.update(choices=model_choices(services)), ctx.vae: gr.update(choices=vae_choices(services))}
 
     refresh.click(on_refresh, outputs=[table, controlnets, ctx.model, ctx.vae], api_name=False)
 
+    @guarded
     def on_unload():
         gone = models.unload()
         return {status: f"Unloaded: {', '.join(gone) or 'nothing was loaded'}.", table: model_rows(services)}

@@ -9,15 +9,8 @@ from studio.engine import imaging
 from studio.errors import InputError
 from studio.requests import OUTPAINT_INFILLS, OutpaintRequest
 from studio.ui.context import ImageReceiver, ImageSender, TabRestore, UIContext
-from studio.ui.widgets import (
-    generation_panel,
-    result_widgets,
-    selected_image,
-    slider,
-    tab_header,
-    user_error,
-    wire_results,
-)
+from studio.ui.guard import guarded, name_input
+from studio.ui.widgets import generation_panel, result_widgets, selected_image, slider, tab_header, wire_results
 
 SIDES = ("left", "right", "top", "bottom")
 
@@ -57,6 +50,10 @@ def build(ctx: UIContext, native_size: int) -> None:
     settings = dict(image=image, infill=infill, overlap=overlap, feather=feather, strength=strength,
                     **{f"side_{name}": widget for name, widget in sides.items()})
     panel.extra.update(settings)
+    for name, component in dict(image=image, infill=infill, overlap=overlap, feather=feather, denoise_strength=strength,
+                                **sides).items():
+        name_input(component, name)
+    name_input(preset, "preset", empty_ok=True)  # Apply without a choice gets its own message
 
     def make_request(data: dict) -> OutpaintRequest:
         if data[image] is None:
@@ -70,6 +67,7 @@ def build(ctx: UIContext, native_size: int) -> None:
                  dict(progress=progress, preview=preview, gallery=gallery, info=info, last=last),
                  api_name="outpaint")
 
+    @guarded
     def on_preset(name, picture):
         if not name or picture is None:
             raise gr.Error("choose a preset and upload an image first")
@@ -78,14 +76,15 @@ def build(ctx: UIContext, native_size: int) -> None:
 
     apply_preset.click(on_preset, inputs=[preset, image], outputs=list(sides.values()), api_name=False)
 
+    @guarded
     def on_show_canvas(data: dict):
+        request = make_request(data)
         try:
-            request = make_request(data)
             canvas, mask = imaging.extend_canvas(request.image, request.left, request.right, request.top,
                                                  request.bottom, request.infill, request.overlap, request.feather,
                                                  seed=0, max_pixels=ctx.services.settings.max_pixels)
-        except (InputError, ValueError) as error:
-            raise user_error(error if isinstance(error, InputError) else InputError(str(error))) from error
+        except ValueError as error:  # imaging says "field: what is wrong"
+            raise InputError(str(error)) from error
         red = Image.new("RGB", canvas.size, (255, 0, 0))
         return Image.composite(Image.blend(canvas, red, 0.5), canvas, mask)
 

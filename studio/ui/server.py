@@ -6,6 +6,9 @@ from studio.app import Services, build
 from studio.settings import Settings
 from studio.ui.app import CSS, SHORTCUTS_JS, build_ui
 
+# Uploads past this are refused by Gradio before they reach the disk; a 8192x8192 PNG stays under it.
+MAX_UPLOAD = "200mb"
+
 
 def launch(services: Services, *, open_browser: bool = False, block: bool = True):
     """Launch the UI for these services; returns (demo, local URL)."""
@@ -15,7 +18,7 @@ def launch(services: Services, *, open_browser: bool = False, block: bool = True
     _app, url, _share = demo.launch(
         server_name=settings.bind_host, server_port=settings.port, inbrowser=open_browser, share=False,
         prevent_thread_lock=not block, allowed_paths=[str(settings.blobs_dir)], css=CSS, js=SHORTCUTS_JS,
-        quiet=True, footer_links=["api", "settings"],
+        quiet=True, footer_links=["api", "settings"], max_file_size=MAX_UPLOAD,
     )
     return demo, url
 

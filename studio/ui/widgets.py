@@ -17,8 +17,8 @@ from typing import Any
 import gradio as gr
 
 from studio.engine.schedulers import SAMPLER_NAMES
-from studio.errors import StudioError
 from studio.requests import Txt2ImgRequest, field_spec
+from studio.ui.guard import guarded, name_input, user_error
 
 RANDOM_SEED = -1
 
@@ -105,6 +105,9 @@ def generation_panel(prefix: str, model: gr.Dropdown, vae: gr.Dropdown, native_s
                   steps=steps, batch_count=batch_count, batch_size=batch_size, cfg_scale=cfg, seed=seed)
     if show_size:
         fields.update(width=width, height=height)
+    for name, component in fields.items():
+        # empty model/VAE means the default; every other setting must be given
+        name_input(component, name, empty_ok=True if name in ("model", "vae") else None)
     return GenerationPanel(fields, generate=None, interrupt=None, reuse_seed=reuse_seed, random_seed=random_seed)
 
 
@@ -150,11 +153,9 @@ def wire_results(runner, start_request, generate, interrupt, panel, outputs: dic
 
     progress, preview, gallery, info, last = (outputs[k] for k in ("progress", "preview", "gallery", "info", "last"))
 
+    @guarded
     def on_generate(data: dict):
-        try:
-            request = start_request(data)
-        except StudioError as error:
-            raise user_error(error) from error
+        request = start_request(data)
         for kind, payload in stream_run(lambda report: runner.run(request, on_progress=report), progress, preview):
             if kind == "progress":
                 yield payload
@@ -209,13 +210,6 @@ def progress_html(fraction: float, message: str) -> str:
     percent = max(0.0, min(1.0, fraction)) * 100
     return (f'<div class="studio-progress"><div class="studio-progress-bar" style="width:{percent:.0f}%"></div>'
             f'<span>{html.escape(message)}</span></div>')
-
-
-def user_error(error: Exception) -> gr.Error:
-    """What the artist sees: our own messages as they are, anything else with its type."""
-    if isinstance(error, StudioError):
-        return gr.Error(str(error))
-    return gr.Error(f"{type(error).__name__}: {error}")
 
 
 def stream_run(start: Callable[[Callable], Any], progress: gr.components.Component,
