@@ -24,7 +24,7 @@ from studio import __version__
 from studio.engine import control, generate, inpainting  # noqa: F401  (they register their modes)
 from studio.engine.control import Preprocessors, ResolveEnv
 from studio.engine.generate import CancelToken, StepInfo
-from studio.engine.models import ModelManager
+from studio.engine.models import ModelManager, out_of_memory
 from studio.engine.previews import Previewer
 from studio.engine.schedulers import SAMPLER_NAMES, describe_scheduler, make_scheduler, supports_karras
 from studio.errors import InputError, ModelError, StudioError
@@ -56,6 +56,26 @@ class RunResult:
     notices: tuple[str, ...] = ()
 
 
+class DeviceLock:
+    """One device, one job at a time, whether the UI, the API or the CLI asked; it knows its holder."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._holder: int | None = None
+
+    def __enter__(self) -> DeviceLock:
+        self._lock.acquire()
+        self._holder = threading.get_ident()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._holder = None
+        self._lock.release()
+
+    def held_by_current_thread(self) -> bool:
+        return self._holder == threading.get_ident()
+
+
 def library_versions() -> dict:
     import diffusers
     import torch
@@ -73,15 +93,22 @@ class JobRunner:
         self.settings = settings
         self.preprocessors = preprocessors or Preprocessors(settings.annotators_dir, settings.offline,
                                                             models.placement.device, settings.pose_detector)
-        # One device, one job at a time, whether the UI, the API or the CLI asked.
-        self._device_lock = threading.Lock()
+        self.device_lock = DeviceLock()
         self._current: CancelToken | None = None
         self._versions: dict | None = None
 
     # -- the path of a run -----------------------------------------------------------------
 
     def prepare(self, request, notices: list[str] | None = None):
-        """Validate and make concrete (model, size, seed, mask): what will run and be recorded."""
+        """Validate and make concrete (model, size, seed, mask, control maps): what will run and be recorded.
+
+        Making a request concrete may run preprocessors on the device, so it waits for the device.
+        """
+        validate(request)  # a bad value is refused at once, not after the current run
+        with self.device_lock:
+            return self._prepare(request, notices)
+
+    def _prepare(self, request, notices: list[str] | None = None):
         validate(request)
         entry = self.models.registry.resolve(request.model)
         request = dataclasses.replace(request, model=entry.name)
@@ -110,16 +137,17 @@ class JobRunner:
     def run(self, request, on_progress: Callable[[Progress], None] | None = None,
             cancel: CancelToken | None = None, rerun_of: int | None = None) -> RunResult:
         notices: list[str] = []
-        request = self.prepare(request, notices)
-        mode = generate.MODES[request.mode]
-        params, inputs = to_record(request)
-        if request.parent_run_id is None and inputs:
-            parent = self._parent_of(inputs)
-            if parent is not None:
-                request = dataclasses.replace(request, parent_run_id=parent)
-                params["parent_run_id"] = parent
+        validate(request)  # a bad value is refused at once, not after the current run
         cancel = cancel or CancelToken()
-        with self._device_lock:
+        with self.device_lock:
+            request = self._prepare(request, notices)
+            mode = generate.MODES[request.mode]
+            params, inputs = to_record(request)
+            if request.parent_run_id is None and inputs:
+                parent = self._parent_of(inputs)
+                if parent is not None:
+                    request = dataclasses.replace(request, parent_run_id=parent)
+                    params["parent_run_id"] = parent
             self._current = cancel
             try:
                 result = self._run_locked(request, mode, params, inputs, on_progress, cancel, rerun_of)
@@ -145,6 +173,10 @@ class JobRunner:
         pipe.scheduler = make_scheduler(request.sampler, request.karras, dict(pipe.scheduler.config))
         self._vae_tiling(pipe, request)
         run_id = self.history.start(self._row(request, model, pipe, params, rerun_of), inputs)
+        with self.history.heartbeat(run_id):
+            return self._generate(run_id, request, mode, pipe, model, on_progress, cancel, started, load_s)
+
+    def _generate(self, run_id, request, mode, pipe, model, on_progress, cancel, started, load_s) -> RunResult:
         try:
             every = self.settings.preview_every
             previews = Previewer(pipe, model.family) if on_progress is not None and every else None
@@ -161,7 +193,9 @@ class JobRunner:
             sample_started = time.perf_counter()
             try:
                 outcome = generate.run(pipe, request, mode, on_step=on_step, cancel=cancel)
-            except torch.OutOfMemoryError as error:
+            except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
+                if not out_of_memory(error):
+                    raise
                 self.models.release_memory()
                 raise ModelError(f"the device ran out of memory at {request.width}x{request.height} with batch "
                                  f"size {request.batch_size}; use a smaller size or batch, or lower "

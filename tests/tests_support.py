@@ -27,3 +27,28 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def history_row(**overrides) -> dict:
+    """The columns of a history row, for store tests that need no pipeline."""
+    values = dict(mode="txt2img", model_name="m", model_hash="ab" * 32, vae=None, sampler="Euler", karras=False,
+                  scheduler={"class": "EulerDiscreteScheduler"}, prompt="a red circle", negative_prompt="",
+                  seed=1, seeds=[1], steps=2, cfg_scale=7.0, width=8, height=8, batch_size=1, batch_count=1,
+                  params={"mode": "txt2img"}, device="cpu", dtype="float32", versions={"studio": "test"})
+    values.update(overrides)
+    return values
+
+
+def dead_owner() -> str:
+    """The owner tag of a process of this host that has exited (what a crash leaves in a running row)."""
+    import socket
+    import subprocess
+    import sys
+
+    from studio.history.owner import process_start
+
+    short = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    tag = f"{socket.gethostname()}:{short.pid}:{process_start(short.pid)}"
+    short.kill()
+    short.wait()
+    return tag

@@ -71,6 +71,9 @@ class Run(Base):
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), index=True)
     rerun_of: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
     starred: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    # the process that runs it (host:pid:start) and when it last said it was alive (migration 0002)
+    owner: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     images: Mapped[list[RunImage]] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True,

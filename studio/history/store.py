@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -12,6 +15,7 @@ from sqlalchemy import delete, func, or_, select, update
 from studio.errors import NotFound
 from studio.history.db import Database
 from studio.history.files import BlobStore, StoredBlob, pixels_hash
+from studio.history.owner import HEARTBEAT_S, owner_is_gone, this_process
 from studio.history.schema import MAX_RUN_ID, Blob, Run, RunImage, utcnow
 
 _RUN_COLUMNS = [c.key for c in Run.__table__.columns]
@@ -67,6 +71,8 @@ class RunRecord:
     parent_id: int | None
     rerun_of: int | None
     starred: bool
+    owner: str | None
+    heartbeat_at: datetime | None
     inputs: tuple[ImageRef, ...] = field(default=())
     outputs: tuple[ImageRef, ...] = field(default=())
 
@@ -83,6 +89,10 @@ class RecoveryReport:
     orphan_blobs: list[str]
     missing_blobs: list[tuple[int, str]]
     stray_temp_files: list[Path]
+
+
+def _deleted_while_running(run_id: int) -> NotFound:
+    return NotFound(f"run {run_id} was deleted while it was running; its images were not kept", field="run")
 
 
 class HistoryStore:
@@ -102,7 +112,7 @@ class HistoryStore:
         """Store the input images, then insert the row as `running` with its inputs, in one transaction."""
         stored = {name: self.blobs.put_image(image) for name, image in inputs.items()}
         with self.db.transaction() as session:
-            run = Run(status="running", **fields)
+            run = Run(status="running", owner=this_process(), heartbeat_at=utcnow(), **fields)
             session.add(run)
             session.flush()
             for position, (name, blob) in enumerate(stored.items()):
@@ -118,19 +128,61 @@ class HistoryStore:
 
         outputs: (image, seed, A1111 parameters text, request JSON) per image.
         """
+        with self.db.transaction() as session:
+            if _run_or_none(session, run_id) is None:
+                raise _deleted_while_running(run_id)
         stored = [(self.blobs.put_image(image, text, request_json), seed)
                   for image, seed, text, request_json in outputs]
+        try:
+            self._record_outputs(run_id, stored, status, duration_s, timings, error)
+        except NotFound:
+            # deleted between the check and now: the files just written belong to no row
+            self._remove_unreferenced([blob.sha256 for blob, _ in stored])
+            raise
+        return [ImageRef("output", i, b.sha256, b.path, seed) for i, (b, seed) in enumerate(stored)]
+
+    def _record_outputs(self, run_id: int, stored: list, status: str, duration_s, timings, error) -> None:
         with self.db.transaction() as session:
             run = _run_or_none(session, run_id)
             if run is None:
-                raise NotFound(f"run {run_id} does not exist", field="run")
+                raise _deleted_while_running(run_id)
             for position, (blob, seed) in enumerate(stored):
                 self._add_blob(session, blob)
                 session.add(RunImage(run_id=run_id, role="output", name="output", position=position,
                                      blob_sha256=blob.sha256, seed=seed))
             run.status, run.finished_at = status, utcnow()
             run.duration_s, run.timings, run.error = duration_s, timings, error
-        return [ImageRef("output", i, b.sha256, b.path, seed) for i, (b, seed) in enumerate(stored)]
+
+    def _remove_unreferenced(self, hashes: list[str]) -> None:
+        with self.db.transaction() as session:
+            used = set(session.scalars(select(RunImage.blob_sha256).where(RunImage.blob_sha256.in_(hashes))))
+        for sha in set(hashes) - used:
+            self.blobs.delete(sha)
+
+    def beat(self, run_id: int) -> None:
+        """Say the process running this run is still alive (other processes read it at their start-up)."""
+        with self.db.transaction() as session:
+            session.execute(update(Run).where(Run.id == run_id, Run.status == "running").values(heartbeat_at=utcnow()))
+
+    @contextmanager
+    def heartbeat(self, run_id: int, every: float = HEARTBEAT_S) -> Iterator[None]:
+        """Beat for this run in the background while the block runs."""
+        stop = threading.Event()
+
+        def beat_until_stopped() -> None:
+            while not stop.wait(every):
+                try:
+                    self.beat(run_id)
+                except Exception:  # a busy or locked database: the next beat tries again
+                    continue
+
+        thread = threading.Thread(target=beat_until_stopped, daemon=True, name=f"studio-heartbeat-{run_id}")
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
 
     def fail(self, run_id: int, message: str, duration_s: float | None = None) -> None:
         with self.db.transaction() as session:
@@ -163,11 +215,15 @@ class HistoryStore:
         return unused
 
     def recover(self) -> RecoveryReport:
-        """At start-up: mark runs left `running` as interrupted and report file/row mismatches."""
+        """At start-up: mark runs whose process is gone as interrupted and report file/row mismatches.
+
+        A run another live process is working on (the server, while a CLI job starts) is left alone.
+        """
         with self.db.transaction() as session:
-            running = list(session.scalars(select(Run.id).where(Run.status == "running")))
+            rows = session.execute(select(Run.id, Run.owner, Run.heartbeat_at).where(Run.status == "running")).all()
+            running = [run_id for run_id, owner, beat in rows if owner_is_gone(owner, beat)]
             if running:
-                session.execute(update(Run).where(Run.id.in_(running)).values(
+                session.execute(update(Run).where(Run.id.in_(running), Run.status == "running").values(
                     status="interrupted", finished_at=utcnow(),
                     error="the studio stopped while this run was in progress"))
             known = set(session.scalars(select(Blob.sha256)))

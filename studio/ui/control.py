@@ -12,7 +12,7 @@ from PIL import Image
 from studio.engine import openpose
 from studio.engine.control import pose_map_from_keypoints, read_pose_json
 from studio.requests import CONTROL_TYPES, CONTROL_UNIT_DEFAULTS, MAX_CONTROL_UNITS, ControlRequest, control_unit
-from studio.ui.context import TabRestore, UIContext
+from studio.ui.context import DEVICE_QUEUE, TabRestore, UIContext
 from studio.ui.guard import guarded, name_input
 from studio.ui.widgets import generation_panel, result_widgets, slider, tab_header, wire_results
 
@@ -158,7 +158,9 @@ def build(ctx: UIContext, native_size: int) -> None:
             position = [w for w in units if data[w.enabled] or w is widgets].index(widgets)
             return request.units[position]["map"]
 
-        widgets.detect.click(detect, inputs=panel.inputs | set(extra.values()), outputs=widgets.map, api_name=False)
+        # detection runs on the device: it queues with the runs, never beside one
+        widgets.detect.click(detect, inputs=panel.inputs | set(extra.values()), outputs=widgets.map, api_name=False,
+                             concurrency_id=DEVICE_QUEUE, concurrency_limit=1)
 
         @guarded
         def use_preset(name, width, height, widgets=widgets):

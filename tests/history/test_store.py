@@ -4,21 +4,15 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, text, update
+from tests_support import dead_owner
+from tests_support import history_row as row
 
 from studio.errors import NotFound
 from studio.history.db import Database, current_revision, head_revision
 from studio.history.files import BlobStore
+from studio.history.schema import Run
 from studio.history.store import HistoryStore
-
-
-def row(**overrides):
-    values = dict(mode="txt2img", model_name="m", model_hash="ab" * 32, vae=None, sampler="Euler", karras=False,
-                  scheduler={"class": "EulerDiscreteScheduler"}, prompt="a red circle", negative_prompt="",
-                  seed=1, seeds=[1], steps=2, cfg_scale=7.0, width=8, height=8, batch_size=1, batch_count=1,
-                  params={"mode": "txt2img"}, device="cpu", dtype="float32", versions={"studio": "test"})
-    values.update(overrides)
-    return values
 
 
 @pytest.fixture
@@ -121,6 +115,8 @@ def test_recover_marks_running_rows_and_reports_file_mismatches(store):
     done = store.start(row(), {"image": solid("red")})
     store.finish(done, [(solid("blue"), 1, "x", None)])
     crashed = store.start(row(), {})
+    with store.db.transaction() as session:  # as a process that crashed leaves it
+        session.execute(update(Run).where(Run.id == crashed).values(owner=dead_owner()))
     orphan = store.blobs.put_image(solid("yellow"))  # a file no row knows
     missing = store.get(done).outputs[0]
     missing.path.unlink()
