@@ -21,7 +21,8 @@ SHORTCUTS_JS = """
       if (buttons.length) { event.preventDefault(); buttons[0].click(); }
     }
   });
-  // a mark that the shortcuts are live: Gradio runs this after the first paint, and on a busy
+""" + inpaint.RESTORED_LAYERS_JS + """
+  // a mark that the shortcuts (and the editor fix) are live: Gradio runs this after the first paint, and on a busy
   // machine a key pressed before then does nothing (the browser tests wait for this mark)
   document.body.dataset.studioShortcuts = 'ready';
 }

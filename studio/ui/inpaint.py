@@ -15,6 +15,44 @@ from studio.ui.widgets import generation_panel, result_widgets, selected_image, 
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
 AREA_LABELS = dict(zip(INPAINT_AREAS, ("Whole picture", "Only masked")))
 
+# Part of the app's startup script. Gradio 6.31's ImageEditor sizes a layer it loads from the server (a restored
+# mask) by the bounds of everything on its canvas and centres a smaller layer picture in them. Those bounds include
+# the brush's transparent preview, which keeps the size the canvas had when the brush was set up: 800x800 on a fresh
+# page or after Clear, or an earlier, bigger picture. A restored mask then landed off the picture: not shown, and
+# cut away from the layers the editor sends back. While it loads a layer, the editor measures the picture (its
+# background layer) instead. Gradio sets window.editor to each editor it mounts, which is how this reaches their
+# classes; a Gradio without these methods is left alone (and tests/browser/test_inpaint_browser.py fails).
+RESTORED_LAYERS_JS = """
+  const fitLoadedLayersToPicture = (manager) => {
+    const proto = Object.getPrototypeOf(manager);
+    if (proto.studioFitsPicture || typeof proto.add_layer_from_url !== 'function') return;
+    proto.studioFitsPicture = true;
+    const addLayer = proto.add_layer_from_url;
+    proto.add_layer_from_url = function (url) {
+      const container = this.image_container, picture = this.background_layer;
+      if (!container || !picture) return addLayer.call(this, url);
+      // it reads the bounds before its first await: the stand-in is needed only for that synchronous part
+      container.getLocalBounds = () => picture.getLocalBounds();
+      try { return addLayer.call(this, url); } finally { delete container.getLocalBounds; }
+    };
+  };
+  const patchEditor = (editor) => {
+    const proto = editor && Object.getPrototypeOf(editor);
+    if (!proto || proto.studioFitsPicture || typeof proto.add_layers_from_url !== 'function') return;
+    proto.studioFitsPicture = true;
+    const addLayers = proto.add_layers_from_url;
+    proto.add_layers_from_url = function (urls) {
+      // the layer manager exists only once the editor is set up, which it is by the time it loads layers
+      if (this.layer_manager) fitLoadedLayersToPicture(this.layer_manager);
+      return addLayers.call(this, urls);
+    };
+  };
+  let mountedEditor = window.editor;
+  patchEditor(mountedEditor);
+  Object.defineProperty(window, 'editor', {configurable: true, get: () => mountedEditor,
+                                           set: (editor) => { mountedEditor = editor; patchEditor(editor); }});
+"""
+
 
 def mask_layer(mask: Image.Image) -> Image.Image:
     """A mask as an editor layer: white paint whose alpha is the mask."""

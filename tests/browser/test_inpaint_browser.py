@@ -139,3 +139,93 @@ def test_send_a_txt2img_result_to_inpaint_and_keep_the_lineage(page, services):
     edit = services.history.search()[0]
     assert edit.mode == "inpaint" and edit.parent_id == source.id
     assert np.array_equal(np.array(services.history.load_inputs(edit)["image"]), np.array(picture))
+
+
+def mask_on_screen(page, selector: str, picture: Image.Image, mask: Image.Image) -> tuple[float, float]:
+    """How the editor draws a mask over its picture, read from a screenshot at each image pixel's centre.
+
+    Returns the share of masked pixels drawn white (the brush paint) and the share of the other pixels
+    drawn as the picture; pixels within 3 of the mask's edge count for neither.
+    """
+    canvas = page.locator(f"{selector} canvas").first
+    left, top, right, bottom = displayed_image_box(page, selector)
+    box = canvas.bounding_box()
+    shot = np.array(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB")).astype(int)
+    scale_x, scale_y = shot.shape[1] / box["width"], shot.shape[0] / box["height"]
+    w, h = picture.size
+    xs = ((left - box["x"] + (np.arange(w) + 0.5) * (right - left) / w) * scale_x).astype(int)
+    ys = ((top - box["y"] + (np.arange(h) + 0.5) * (bottom - top) / h) * scale_y).astype(int)
+    seen = shot[np.clip(ys, 0, shot.shape[0] - 1)][:, np.clip(xs, 0, shot.shape[1] - 1)]
+    painted = np.array(mask) > 0
+    near_edge = np.zeros_like(painted)
+    for dy in range(-3, 4):
+        for dx in range(-3, 4):
+            near_edge |= np.roll(np.roll(painted, dy, axis=0), dx, axis=1) != painted
+    white = seen.min(axis=-1) > 230
+    as_picture = np.abs(seen - np.array(picture).astype(int)).max(axis=-1) < 40
+    return float(white[painted & ~near_edge].mean()), float(as_picture[~painted & ~near_edge].mean())
+
+
+@pytest.mark.parametrize("before_restore", ["clear the editor", "open a fresh page"])
+def test_restore_shows_the_mask_as_an_editable_layer_and_reruns_the_same_pixels(page, services, before_restore):
+    # 128 px: the brush (24 px radius) then covers a band of the picture, not all of it
+    for field in ("width", "height"):
+        page.locator(f"#txt2img-{field} input[type=number]").fill("128")
+        page.locator(f"#txt2img-{field} input[type=number]").press("Enter")
+    page.locator("#txt2img-prompt textarea").fill("a red circle")
+    page.locator("#txt2img-generate").click()
+    wait_for(lambda: services.history.count() == 1 and services.history.search()[0].status == "done")
+    picture = Image.open(services.history.search()[0].outputs[0].path).convert("RGB")
+    assert picture.size == (128, 128)
+    page.locator("#txt2img-send-inpaint").click()
+    screen_box = displayed_image_box(page, "#inpaint-editor")
+    paint_stroke(page, screen_box, picture.size, (30, 40), (70, 40))
+    page.locator("#inpaint-prompt textarea").fill("a blue square")
+    page.locator("#inpaint-generate").click()
+    wait_for(lambda: services.history.count() == 2 and services.history.search()[0].status == "done")
+    edit = services.history.search()[0]
+    mask = services.history.load_inputs(edit)["mask"]
+    assert np.array(mask).any() and not np.array(mask).all()
+
+    # the two ways the editor's brush is left set up for an 800x800 canvas, which hid the restored mask
+    if before_restore == "clear the editor":
+        page.locator("#inpaint-editor").get_by_label("Clear canvas").click()
+        page.locator("#inpaint-editor").get_by_text("Upload an image").wait_for()
+    else:
+        page.reload()
+        page.wait_for_selector("body[data-studio-shortcuts=ready]", state="attached")
+    page.get_by_role("tab", name="History").click()
+    page.locator("#history-refresh").click()
+    page.locator("#history-gallery img").first.click()
+    wait_for(lambda: page.locator("#history-selected input").input_value() == str(edit.id))
+    page.locator("#history-restore").click()
+    page.locator("#inpaint-editor canvas").first.wait_for()
+
+    # (a) the mask is drawn as white paint exactly where the stroke was, the picture elsewhere
+    shares = []
+    try:
+        wait_for(lambda: shares.append(mask_on_screen(page, "#inpaint-editor", picture, mask))
+                 or min(shares[-1]) > 0.95, timeout=30)
+    except AssertionError:
+        raise AssertionError(f"the restored mask is not shown (white where masked, picture elsewhere): "
+                             f"{shares[-1] if shares else None}") from None
+
+    # (b) Generate right away repeats the run: the same mask, the same pixels
+    page.locator("#inpaint-generate").click()
+    wait_for(lambda: services.history.count() == 3 and services.history.search()[0].status == "done")
+    again = services.history.search()[0]
+    assert again.seed == edit.seed
+    assert np.array_equal(np.array(services.history.load_inputs(again)["mask"]), np.array(mask))
+    assert again.outputs[0].path.read_bytes() == edit.outputs[0].path.read_bytes()
+
+    # (c) the restored paint is a layer the eraser edits: rub out the middle of the band
+    page.locator("#inpaint-editor").get_by_label("Erase").click()
+    paint_stroke(page, displayed_image_box(page, "#inpaint-editor"), picture.size, (50, 10), (50, 70))
+    page.locator("#inpaint-generate").click()
+    wait_for(lambda: services.history.count() == 4 and services.history.search()[0].status == "done")
+    erased = np.array(services.history.load_inputs(services.history.search()[0])["mask"]) > 0
+    painted = np.array(mask) > 0
+    assert not (erased & ~painted).any(), "the eraser added paint"
+    rows, cols = np.where(painted & ~erased)
+    assert rows.size and 35 <= cols.mean() <= 65, "the eraser did not rub out the middle of the band"
+    assert erased[40, :20].any() and erased[40, 80:].any(), "the eraser took the whole band"
