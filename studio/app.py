@@ -57,6 +57,8 @@ def build(settings: Settings | None = None) -> Services:
     if recovery.interrupted_runs:
         log.warning("marked %d run(s) left running by a crash as interrupted: %s",
                     len(recovery.interrupted_runs), recovery.interrupted_runs)
+    for damage in recovery.damaged_files:
+        log.warning("history file damaged: %s (`studio history check` verifies every file)", damage.describe())
     if recovery.orphan_blobs or recovery.missing_blobs or recovery.stray_temp_files:
         log.warning("history files: %d without a row, %d rows missing a file, %d half-written temp files",
                     len(recovery.orphan_blobs), len(recovery.missing_blobs), len(recovery.stray_temp_files))

@@ -1,7 +1,7 @@
 """Command line: serve / generate / history / models. Same runner as the UI underneath.
 
 Errors print one line on stderr naming the field, and exit non-zero (2 bad input, 3 model,
-4 not found, 1 anything else).
+4 not found, 5 the history is damaged, 1 anything else).
 """
 
 from __future__ import annotations
@@ -124,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     imported = hsub.add_parser("import", help="read the parameters of a PNG (studio or A1111)")
     _common(imported)
     imported.add_argument("png", type=Path)
+    check = hsub.add_parser("check", help="verify the database (SQLite integrity check) and every file's hash")
+    _common(check)
+    recover = hsub.add_parser("recover", help="salvage the readable rows of a damaged history into a new file")
+    _common(recover)
+    recover.add_argument("--out", type=Path, help="the new database file (default: beside the damaged one)")
+    recover.add_argument("--replace", action="store_true",
+                         help="then move the damaged file aside (.damaged-<time>) and put the new one in its place")
 
     models = sub.add_parser("models", help="list and add checkpoints")
     msub = models.add_subparsers(dest="action", required=True)
@@ -260,6 +267,40 @@ def record_summary(record, full: bool = False) -> dict:
     return data
 
 
+def _history_maintenance(args, settings) -> int:
+    """check / recover: they read the raw file, so they work when the history cannot be opened."""
+    from studio.history.files import BlobStore
+    from studio.history.maintenance import check_history, recover_history
+
+    blobs = BlobStore(settings.blobs_dir)
+    if args.action == "check":
+        report = check_history(settings.database_path, blobs)
+        lines = [f"{settings.database_path}: " + ("integrity ok" if not report.integrity else
+                                                  "DAMAGED: " + "; ".join(report.integrity[:5]))]
+        lines.append(f"{report.files_checked} stored files checked: {len(report.damaged_files)} damaged, "
+                     f"{len(report.missing_files)} missing, {len(report.orphan_files)} belong to no run")
+        lines += [f"damaged: {path} ({problem}; runs {', '.join(map(str, runs)) or 'none'})"
+                  for path, problem, runs in report.damaged_files]
+        lines += [f"missing: {path} (runs {', '.join(map(str, runs))})" for path, runs in report.missing_files]
+        if report.integrity:
+            from studio.history.db import recovery_advice
+
+            lines.append(f"to recover: {recovery_advice(settings.database_path)}")
+        _emit(args, report.as_dict(), "\n".join(lines))
+        return 0 if report.healthy else 5
+    report = recover_history(settings.database_path, blobs, args.out, replace=args.replace)
+    rows = ", ".join(f"{count} {table}" for table, count in report.rows.items())
+    lost = sum(report.unreadable.values()) + sum(report.dropped.values())
+    text = (f"recovered {rows} into {report.recovered} ({lost} unreadable or dangling rows left out, "
+            f"{report.blobs_rebuilt} file records rebuilt from the files, {report.runs_interrupted} running runs "
+            "marked interrupted)")
+    text += (f"; the damaged file is now {report.replaced}" if report.replaced else
+             f". To use it: move {settings.database_path} aside and rename {report.recovered} to "
+             f"{settings.database_path.name} (or run this again with --replace)")
+    _emit(args, report.as_dict(), text)
+    return 0
+
+
 def _history(args, services) -> None:
     history, runner = services.history, services.runner
     if args.action == "list":
@@ -270,7 +311,13 @@ def _history(args, services) -> None:
                          f"seed {r['seed']:<10} {r['prompt'][:60]}" for r in data) or "no runs"
         _emit(args, data, text)
     elif args.action == "show":
-        data = record_summary(history.get(args.run_id), full=True)
+        record = history.get(args.run_id)
+        data = record_summary(record, full=True)
+        damaged = history.damaged_files(record)
+        data["damaged_files"] = [{"role": d.role, "name": d.name, "position": d.position, "path": str(d.path),
+                                  "problem": d.problem} for d in damaged]
+        for damage in damaged:
+            print(f"warning: {damage.describe()}", file=sys.stderr)
         _emit(args, data, json.dumps(data, indent=2, default=str))
     elif args.action == "rerun":
         result = runner.rerun(args.run_id)
@@ -326,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
 
             serve(settings, open_browser=not args.no_browser)
             return 0
+        if args.command == "history" and args.action in ("check", "recover"):
+            return _history_maintenance(args, settings)
         from studio.app import build
 
         services = build(settings)
@@ -350,7 +399,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # the CLI's last line of defence: one line, not a traceback
-        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"error: the command failed unexpectedly ({first_line}); please report it with the command you ran",
+              file=sys.stderr)
         return 1
 
 

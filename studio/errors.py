@@ -30,3 +30,9 @@ class NotFound(StudioError):
     """A run, model or file that was asked for does not exist."""
 
     exit_code = 4
+
+
+class HistoryError(StudioError):
+    """The history database or one of its files is damaged, full or unreachable; nothing was changed."""
+
+    exit_code = 5

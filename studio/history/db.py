@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import create_engine, event, inspect
+from sqlalchemy import create_engine, event, exc, inspect
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+
+from studio.errors import HistoryError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 BUSY_TIMEOUT_MS = 10_000
@@ -74,22 +77,64 @@ def migrate(engine: Engine, path: Path) -> str | None:
     return str(backup) if backup else None
 
 
+def recovery_advice(path: Path) -> str:
+    """How to get a working history back from a damaged file, without touching it."""
+    backups = sorted(path.parent.glob(f"{path.name}.before-*.bak"))
+    backup = f"; or put back the copy made before the last upgrade, {backups[-1]}" if backups else ""
+    return (f"`studio history recover` salvages the rows it can read into a new file beside it{backup}; or "
+            f"`sqlite3 {path} .recover | sqlite3 recovered.sqlite`; or start a new history in another folder "
+            "with --data-dir (the damaged file stays as it is)")
+
+
+def history_problem(error: BaseException, path: Path) -> HistoryError | None:
+    """The artist's message for a database failure that is not a bug of ours (damage, full disk, a lock)."""
+    original = getattr(error, "orig", error)
+    if not isinstance(original, sqlite3.Error):
+        return None
+    name = getattr(original, "sqlite_errorname", "") or ""
+    said = str(original)
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in said or "not a database" in said:
+        return HistoryError(f"the history database {path} is damaged (SQLite: {said}); nothing was changed. To "
+                            f"recover: {recovery_advice(path)}")
+    if name.startswith("SQLITE_FULL"):
+        return HistoryError(f"the disk holding {path} is full; free some space and try again (nothing was lost)")
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return HistoryError(f"the history database {path} stayed locked by another process for "
+                            f"{BUSY_TIMEOUT_MS // 1000} s; try again")
+    if name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM")):
+        return HistoryError(f"the history database {path} cannot be read or written ({said}); check the folder's "
+                            "permissions and the disk")
+    return None
+
+
 class Database:
     """The history database: an engine plus the transaction scope every write goes through."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.engine = make_engine(self.path)
-        self.backup_path = migrate(self.engine, self.path)
+        try:
+            self.engine = make_engine(self.path)
+            self.backup_path = migrate(self.engine, self.path)
+        except (exc.DBAPIError, sqlite3.Error) as error:
+            problem = history_problem(error, self.path)
+            if problem is None:
+                raise
+            raise problem from error
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """Commit on success, roll back on any error."""
+        """Commit on success, roll back on any error; damage and full disks become a HistoryError."""
         session = self._sessions()
         try:
             yield session
             session.commit()
+        except exc.DBAPIError as error:
+            session.rollback()
+            problem = history_problem(error, self.path)
+            if problem is None:
+                raise
+            raise problem from error
         except BaseException:
             session.rollback()
             raise

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
+from studio.errors import HistoryError
 from studio.fileio import atomic_write
 from studio.infotext import PARAMETERS_KEY, STUDIO_KEY
 
@@ -28,6 +29,14 @@ def pixels_hash(image: Image.Image) -> str:
     """Hash of mode, size and raw pixels: equal for equal pictures whatever the file around them."""
     digest = hashlib.sha256(f"{image.mode}:{image.width}x{image.height}:".encode())
     digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(4 * 2**20):
+            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -66,9 +75,33 @@ class BlobStore:
         return StoredBlob(sha, pixels_hash(image), len(data), image.width, image.height, path)
 
     def open(self, sha256: str) -> Image.Image:
-        with Image.open(self.path(sha256)) as image:
-            image.load()
-            return image
+        path = self.path(sha256)
+        try:
+            with Image.open(path) as image:
+                image.load()
+                return image
+        except FileNotFoundError as error:
+            raise HistoryError(f"the image file {path} is missing from the history") from error
+        except (OSError, SyntaxError, ValueError) as error:
+            raise HistoryError(f"the image file {path} is damaged (it cannot be decoded: truncated or "
+                               "overwritten)") from error
+
+    def problem(self, sha256: str, size_bytes: int | None = None, full: bool = True) -> str | None:
+        """Why a stored file is not what was written (missing, another size, another hash), or None.
+
+        full=False compares sizes only (a stat per file, cheap enough for every start-up);
+        full=True also re-hashes the content, which catches a file changed in place.
+        """
+        path = self.path(sha256)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return "the file is missing"
+        if size_bytes is not None and size != size_bytes:
+            return f"the file has {size:,} bytes where {size_bytes:,} were written (truncated or changed)"
+        if full and file_sha256(path) != sha256:
+            return "its content no longer matches its hash (truncated or changed)"
+        return None
 
     def delete(self, sha256: str) -> bool:
         try:

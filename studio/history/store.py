@@ -12,7 +12,7 @@ from pathlib import Path
 from PIL import Image
 from sqlalchemy import delete, func, or_, select, update
 
-from studio.errors import NotFound
+from studio.errors import HistoryError, NotFound
 from studio.history.db import Database
 from studio.history.files import BlobStore, StoredBlob, pixels_hash
 from studio.history.owner import HEARTBEAT_S, owner_is_gone, this_process
@@ -82,13 +82,30 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
+class DamagedFile:
+    """A run's stored image that is no longer what was written."""
+
+    run_id: int
+    role: str  # "input" | "output"
+    name: str
+    position: int
+    path: Path
+    problem: str
+
+    def describe(self) -> str:
+        which = f"output {self.position + 1}" if self.role == "output" else f"input '{self.name}'"
+        return f"run #{self.run_id}: {which} ({self.path}) is damaged: {self.problem}"
+
+
+@dataclass(frozen=True)
 class RecoveryReport:
-    """What start-up found: runs a crash left running, files without rows, rows without files."""
+    """What start-up found: runs a crash left running, files without rows, rows without files, damaged files."""
 
     interrupted_runs: list[int]
     orphan_blobs: list[str]
     missing_blobs: list[tuple[int, str]]
     stray_temp_files: list[Path]
+    damaged_files: list[DamagedFile] = field(default_factory=list)
 
 
 def _deleted_while_running(run_id: int) -> NotFound:
@@ -226,11 +243,20 @@ class HistoryStore:
                 session.execute(update(Run).where(Run.id.in_(running), Run.status == "running").values(
                     status="interrupted", finished_at=utcnow(),
                     error="the studio stopped while this run was in progress"))
-            known = set(session.scalars(select(Blob.sha256)))
-            references = session.execute(select(RunImage.run_id, RunImage.blob_sha256)).all()
+            sizes = dict(session.execute(select(Blob.sha256, Blob.size_bytes)).all())
+            references = session.execute(select(RunImage.run_id, RunImage.role, RunImage.name, RunImage.position,
+                                                RunImage.blob_sha256)).all()
         on_disk = self.blobs.all_hashes()
-        missing = sorted({(run_id, sha) for run_id, sha in references if sha not in on_disk})
-        return RecoveryReport(running, sorted(on_disk - known), missing, self.blobs.stray_temp_files())
+        missing = sorted({(ref.run_id, ref.blob_sha256) for ref in references if ref.blob_sha256 not in on_disk})
+        # sizes only: a stat per file keeps start-up fast; `studio history check` re-hashes every file
+        damaged = []
+        for ref in references:
+            if ref.blob_sha256 in on_disk:
+                problem = self.blobs.problem(ref.blob_sha256, sizes.get(ref.blob_sha256), full=False)
+                if problem:
+                    damaged.append(DamagedFile(ref.run_id, ref.role, ref.name, ref.position,
+                                               self.blobs.path(ref.blob_sha256), problem))
+        return RecoveryReport(running, sorted(on_disk - set(sizes)), missing, self.blobs.stray_temp_files(), damaged)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -280,7 +306,22 @@ class HistoryStore:
         return self.blobs.open(ref.sha256)
 
     def load_inputs(self, record: RunRecord) -> dict[str, Image.Image]:
+        """The run's input images, refusing (with the file named) any that is no longer what was stored."""
+        for damage in self.damaged_files(record, roles=("input",)):
+            raise HistoryError(f"{damage.describe()}; this run cannot be restored or re-run with it")
         return {ref.name: self.blobs.open(ref.sha256) for ref in record.inputs}
+
+    def damaged_files(self, record: RunRecord, roles: tuple[str, ...] = ("input", "output")) -> list[DamagedFile]:
+        """The run's stored images whose files are missing or no longer match their hash (re-hashed now)."""
+        found = []
+        for role, refs in (("input", record.inputs), ("output", record.outputs)):
+            if role not in roles:
+                continue
+            for ref in refs:
+                problem = self.blobs.problem(ref.sha256)
+                if problem:
+                    found.append(DamagedFile(record.id, role, ref.name, ref.position, ref.path, problem))
+        return found
 
     def run_with_output(self, image: Image.Image) -> int | None:
         """The newest run whose output has exactly these pixels: the parent of an edit of it."""

@@ -139,8 +139,11 @@ def build(ctx: UIContext) -> None:
         except StudioError as error:
             return {status: str(error)}
         ancestors, children = history.lineage(record.id)
+        # a file cut short or changed on disk is said here, for this run, not found later by a failed restore
+        warnings = [f"**Damaged:** {damage.describe()}" for damage in history.damaged_files(record)]
         return {selected: record.id, details: details_markdown(record), lineage: lineage_markdown(ancestors, children),
-                outputs: [(str(r.path), f"seed {r.seed}") for r in record.outputs], status: ""}
+                outputs: [(str(r.path), f"seed {r.seed}") for r in record.outputs if r.path.is_file()],
+                status: "  \n".join(warnings)}
 
     @guarded
     def on_select(ids, event: gr.SelectData):
