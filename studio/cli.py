@@ -236,7 +236,15 @@ def settings_from(args) -> Settings:
             overrides[name] = value
     if getattr(args, "listen", False):
         overrides["listen"] = True
-    return Settings(**overrides)
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:  # a bad STUDIO_* variable: name it, not pydantic's report
+        problem = error.errors()[0]
+        name = str(problem["loc"][0]) if problem.get("loc") else "setting"
+        raise InputError(f"{problem['msg']} (got {str(problem.get('input'))[:40]!r}); fix the STUDIO_{name.upper()} "
+                         "environment variable or the option", field=name) from None
 
 
 def _emit(args, payload, text: str) -> None:

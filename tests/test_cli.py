@@ -201,3 +201,9 @@ def test_control_command_with_two_units(cli, tmp_path, tiny_model_dir):
 def test_control_bad_units(cli, unit, field):
     code, _, err = cli("control", "--unit", unit, "--prompt", "x", "--steps", "2", "--model", "tiny")
     assert code == 2 and err.startswith(f"error: {field}")
+
+
+def test_a_bad_setting_is_named_with_its_variable(cli, monkeypatch):
+    monkeypatch.setenv("STUDIO_PORT", "abc")
+    code, out, err = cli("history", "list")
+    assert code == 2 and err.startswith("error: port: ") and "STUDIO_PORT" in err and err.count("\n") == 1

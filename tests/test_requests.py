@@ -21,7 +21,17 @@ from studio.requests import Txt2ImgRequest, from_record, resolve_seed, to_record
         ({"batch_size": 0}, "batch_size", "1 to 8"),
         ({"batch_count": 101}, "batch_count", "1 to 100"),
         ({"steps": 2.5}, "steps", "whole number"),
-        ({"steps": "many"}, "steps", "not a number"),
+        ({"steps": "many"}, "steps", "'many' is not a whole number from 1 to 150"),
+        ({"cfg_scale": float("nan")}, "cfg_scale", "nan is not a finite number; give a number from 1 to 30"),
+        ({"cfg_scale": float("inf")}, "cfg_scale", "not a finite number"),
+        ({"karras": "yes"}, "karras", "'yes' is not true or false"),
+        ({"karras": []}, "karras", "a list is not true or false"),
+        ({"seed": None}, "seed", "is empty; give a whole number from -1 to 4294967295"),
+        ({"steps": [20]}, "steps", "a list is not a whole number"),
+        ({"sampler": ["Euler"]}, "sampler", "a list is not text"),
+        ({"negative_prompt": "bad \ud800 text"}, "negative_prompt", "U+D800 at position 4"),
+        ({"negative_prompt": "a\x00b"}, "negative_prompt", "NUL character at position 1"),
+        ({"negative_prompt": "x" * 20_001}, "negative_prompt", "shorten it to 20,000"),
     ],
 )
 def test_bad_values_name_the_field(changes, field, hint):
@@ -80,3 +90,26 @@ def test_record_with_images_and_units_round_trips():
         assert restored.units[0]["map"] is blue and restored.image is red and restored.units[0]["weight"] == 0.5
     finally:
         REQUEST_TYPES.pop("test-images")
+
+
+def test_null_prompts_mean_no_text():
+    request = validate(Txt2ImgRequest(prompt=None, negative_prompt=None))
+    assert (request.prompt, request.negative_prompt) == ("", "")
+
+
+@pytest.mark.parametrize(("value", "expected"), [(12, 12), ("12", 12), ("#7", 7), (3.0, 3)])
+def test_run_ids_are_read_from_numbers_and_digits(value, expected):
+    from studio.requests import parse_run_id
+
+    assert parse_run_id(value) == expected
+
+
+@pytest.mark.parametrize(("value", "hint"), [(None, "select a run first"), (2**64, "run numbers go from 1 to"),
+                                              (0, "run numbers go from 1 to"), ("abc", "is not a run number"),
+                                              (True, "is not a run number"), (2.5, "is not a run number")])
+def test_bad_run_ids_are_refused(value, hint):
+    from studio.requests import parse_run_id
+
+    with pytest.raises(InputError) as error:
+        parse_run_id(value)
+    assert error.value.field == "run" and hint in str(error.value)
