@@ -1,15 +1,11 @@
 """The one path of a run, end to end on a tiny model and a real SQLite file."""
 
-import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
-from tests_support import fast_request
+from tests_support import fast_request, start_hanging_run
 
 from studio.engine.generate import CancelToken
 from studio.errors import InputError, ModelError, NotFound
@@ -151,32 +147,12 @@ def test_a1111_png_restores_its_parameters(services, tmp_path):
         services.runner.request_from_png(Image.new("RGB", (4, 4)))
 
 
-CRASHING_RUN = """
-import sys, time
-from pathlib import Path
-from studio.app import build
-from studio.settings import Settings
-from tests_support import fast_request
-services = build(Settings(data_dir=Path(sys.argv[1]), default_model="tiny", device="cpu"))
-services.registry.add(sys.argv[2], name="tiny")
-def hang(progress):
-    print("STEP", flush=True)
-    time.sleep(60)
-services.runner.run(fast_request(steps=5), on_progress=hang)
-"""
-
-
 def test_a_run_killed_midway_is_marked_interrupted_at_next_start(settings, tiny_model_dir):
     from studio.app import build
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), *sys.path]))
-    child = subprocess.Popen([sys.executable, "-c", CRASHING_RUN, str(settings.data_dir), str(tiny_model_dir)],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    try:
-        assert child.stdout.readline().strip() == "STEP"
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(30)
+    child = start_hanging_run(settings.data_dir, tiny_model_dir)
+    child.send_signal(signal.SIGKILL)
+    child.wait(30)
     services = build(settings)
     try:
         [crashed] = services.recovery.interrupted_runs

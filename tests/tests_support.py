@@ -52,3 +52,33 @@ def dead_owner() -> str:
     short.kill()
     short.wait()
     return tag
+
+
+# A run in a child process that stops at its first step and waits (until killed, or 120 s).
+HANGING_RUN = """
+import sys, time
+from pathlib import Path
+from studio.app import build
+from studio.settings import Settings
+from tests_support import fast_request
+services = build(Settings(data_dir=Path(sys.argv[1]), default_model="tiny", device="cpu"))
+services.registry.add(sys.argv[2], name="tiny")
+def hang(progress):
+    print("STEP", flush=True)
+    time.sleep(120)
+services.runner.run(fast_request(steps=5), on_progress=hang)
+"""
+
+
+def start_hanging_run(data_dir, model_dir):
+    """A child process whose run is at its first step (read from its stdout) when this returns."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), *sys.path]))
+    child = subprocess.Popen([sys.executable, "-c", HANGING_RUN, str(data_dir), str(model_dir)],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    assert child.stdout.readline().strip() == "STEP"
+    return child

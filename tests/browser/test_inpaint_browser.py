@@ -122,7 +122,8 @@ def test_painted_stroke_is_where_the_image_changes(page, services, tmp_path):
     assert changed[painted].mean() > 0.9
 
 
-def test_send_a_txt2img_result_to_inpaint_and_keep_the_lineage(page, services):
+def txt2img_then_inpaint(page, services, stroke):
+    """Generate a picture, send it to inpaint, paint one stroke on it and inpaint: (source, edit, picture)."""
     page.locator("#txt2img-prompt textarea").fill("a red circle")
     page.locator("#txt2img-generate").click()
     page.wait_for_selector("#txt2img-gallery img")
@@ -132,11 +133,15 @@ def test_send_a_txt2img_result_to_inpaint_and_keep_the_lineage(page, services):
     wait_for(lambda: page.locator("#inpaint-editor canvas").first.is_visible())
     picture = Image.open(source.outputs[0].path).convert("RGB")
     screen_box = displayed_image_box(page, "#inpaint-editor")
-    paint_stroke(page, screen_box, picture.size, (10, 32), (50, 32))
+    paint_stroke(page, screen_box, picture.size, *stroke)
     page.locator("#inpaint-prompt textarea").fill("a blue square")
     page.locator("#inpaint-generate").click()
     wait_for(lambda: services.history.count() == 2 and services.history.search()[0].status == "done")
-    edit = services.history.search()[0]
+    return source, services.history.search()[0], picture
+
+
+def test_send_a_txt2img_result_to_inpaint_and_keep_the_lineage(page, services):
+    source, edit, picture = txt2img_then_inpaint(page, services, ((10, 32), (50, 32)))
     assert edit.mode == "inpaint" and edit.parent_id == source.id
     assert np.array_equal(np.array(services.history.load_inputs(edit)["image"]), np.array(picture))
 
@@ -172,18 +177,8 @@ def test_restore_shows_the_mask_as_an_editable_layer_and_reruns_the_same_pixels(
     for field in ("width", "height"):
         page.locator(f"#txt2img-{field} input[type=number]").fill("128")
         page.locator(f"#txt2img-{field} input[type=number]").press("Enter")
-    page.locator("#txt2img-prompt textarea").fill("a red circle")
-    page.locator("#txt2img-generate").click()
-    wait_for(lambda: services.history.count() == 1 and services.history.search()[0].status == "done")
-    picture = Image.open(services.history.search()[0].outputs[0].path).convert("RGB")
+    _source, edit, picture = txt2img_then_inpaint(page, services, ((30, 40), (70, 40)))
     assert picture.size == (128, 128)
-    page.locator("#txt2img-send-inpaint").click()
-    screen_box = displayed_image_box(page, "#inpaint-editor")
-    paint_stroke(page, screen_box, picture.size, (30, 40), (70, 40))
-    page.locator("#inpaint-prompt textarea").fill("a blue square")
-    page.locator("#inpaint-generate").click()
-    wait_for(lambda: services.history.count() == 2 and services.history.search()[0].status == "done")
-    edit = services.history.search()[0]
     mask = services.history.load_inputs(edit)["mask"]
     assert np.array(mask).any() and not np.array(mask).all()
 

@@ -1,17 +1,13 @@
 """Two processes on one data folder never mislabel each other's runs; a deleted run stays deleted."""
 
 import logging
-import os
 import signal
-import subprocess
-import sys
 import threading
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import update
-from tests_support import dead_owner, fast_request, history_row, wait_for
+from tests_support import dead_owner, fast_request, history_row, start_hanging_run, wait_for
 
 from studio.errors import NotFound
 from studio.history.db import Database
@@ -20,36 +16,12 @@ from studio.history.owner import STALE_AFTER, this_process
 from studio.history.schema import Run, utcnow
 from studio.history.store import HistoryStore
 
-TESTS = Path(__file__).resolve().parent.parent
-
-HANGING_RUN = """
-import sys, time
-from pathlib import Path
-from studio.app import build
-from studio.settings import Settings
-from tests_support import fast_request
-services = build(Settings(data_dir=Path(sys.argv[1]), default_model="tiny", device="cpu"))
-services.registry.add(sys.argv[2], name="tiny")
-def hang(progress):
-    print("STEP", flush=True)
-    time.sleep(120)
-services.runner.run(fast_request(steps=5), on_progress=hang)
-"""
-
-
-def start_hanging_run(settings, tiny_model_dir) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), *sys.path]))
-    child = subprocess.Popen([sys.executable, "-c", HANGING_RUN, str(settings.data_dir), str(tiny_model_dir)],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    assert child.stdout.readline().strip() == "STEP"
-    return child
-
 
 def test_a_second_process_leaves_a_live_run_alone(settings, tiny_model_dir, caplog, capsys, monkeypatch):
     from studio.app import build
     from studio.cli import main
 
-    child = start_hanging_run(settings, tiny_model_dir)
+    child = start_hanging_run(settings.data_dir, tiny_model_dir)
     try:
         services = build(settings)
         try:
