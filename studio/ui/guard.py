@@ -145,6 +145,9 @@ def check_payload(component, value) -> None:
     elif isinstance(component, gr.Checkbox):
         if not isinstance(value, bool):
             raise gr.Error(f"{field}: {shown(value)} is not true or false; send true or false")
+    elif isinstance(component, gr.Textbox) and getattr(component, "studio_any_scalar", False):
+        if isinstance(value, (bool, list, dict)):
+            raise gr.Error(f"{field}: {shown(value)} is not one value; send a number or text")
     elif isinstance(component, gr.Textbox):
         if not isinstance(value, str):
             raise gr.Error(f"{field}: {shown(value)} is not text; send a string")

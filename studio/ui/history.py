@@ -57,7 +57,7 @@ def details_markdown(record) -> str:
         rows.append(("Inputs", ", ".join(ref.name for ref in record.inputs)))
     if record.error:
         rows.append(("Error", record.error))
-    lines = ["| | |", "|---|---|"]
+    lines = ["| Setting | Value |", "|---|---|"]
     lines += [f"| {name} | {html.escape(str(value)).replace('|', '&#124;').replace(chr(10), ' ')} |"
               for name, value in rows]
     return "\n".join(lines)
@@ -86,11 +86,14 @@ def build(ctx: UIContext) -> None:
             refresh = gr.Button("Refresh", scale=1, elem_id="history-refresh")
         with gr.Row():
             with gr.Column(scale=3):
+                # fit_columns off: with a short list one run would otherwise fill the whole box
                 runs = gr.Gallery(label="Runs", columns=6, height=520, type="filepath", format="png",
-                                  allow_preview=False, elem_id="history-gallery", object_fit="cover")
+                                  allow_preview=False, elem_id="history-gallery", object_fit="cover",
+                                  fit_columns=False)
             with gr.Column(scale=2):
-                selected = gr.Number(label="Selected run", precision=0, interactive=False,
-                                     elem_id="history-selected")
+                # text, not a gr.Number: Gradio draws an empty Number as 0, which reads as a run id
+                selected = gr.Textbox(label="Selected run", lines=1, max_lines=1, interactive=False,
+                                      placeholder="none: pick a run in the list", elem_id="history-selected")
                 with gr.Row():
                     restore = gr.Button("Restore", variant="primary", elem_id="history-restore")
                     rerun = gr.Button("Re-run", elem_id="history-rerun")
@@ -98,8 +101,9 @@ def build(ctx: UIContext) -> None:
                     delete = gr.Button("Delete", variant="stop", elem_id="history-delete")
                 status = gr.Markdown(elem_id="history-status")
                 progress = gr.HTML(progress_html(0, ""), elem_id="history-progress")
-                outputs = gr.Gallery(label="Outputs", columns=3, type="filepath", format="png",
-                                     elem_id="history-outputs", height=260)
+                # a fixed height cut a single output (drawn as wide as the column) to its top half
+                outputs = gr.Gallery(label="Outputs", columns=2, type="filepath", format="png",
+                                     elem_id="history-outputs", height="auto", object_fit="contain")
                 details = gr.Markdown(elem_id="history-details")
                 lineage = gr.Markdown(elem_id="history-lineage")
                 with gr.Row():
@@ -113,6 +117,8 @@ def build(ctx: UIContext) -> None:
     for component, field in ((search, "search"), (mode, "mode"), (model, "model"), (starred, "starred"),
                              (selected, "run"), (png, "png")):
         name_input(component, field, empty_ok=True if component in (model, selected) else None)
+    # the run box takes a number or its digits from API callers too; parse_run_id says what is wrong
+    selected.studio_any_scalar = True
 
     @guarded
     def load_runs(text, mode_value, model_value, starred_only):
@@ -132,7 +138,7 @@ def build(ctx: UIContext) -> None:
     model.input(load_runs, inputs=filters, outputs=[runs, shown, model], api_name=False)
 
     def show(run_id):
-        if run_id is None:
+        if run_id in (None, ""):
             return {status: "Select a run."}
         try:
             record = history.get(parse_run_id(run_id))
@@ -154,7 +160,7 @@ def build(ctx: UIContext) -> None:
 
     @guarded
     def go_parent(run_id):
-        if run_id is None:
+        if run_id in (None, ""):
             return {status: "Select a run."}
         parent = history.get(parse_run_id(run_id)).parent_id
         return show(parent) if parent else {status: "This run has no parent: it is the root of its lineage."}
@@ -176,7 +182,10 @@ def build(ctx: UIContext) -> None:
         run_id = parse_run_id(run_id)
         return restore_request(runner.restore(run_id), f"Restored run #{run_id} into its tab.")
 
-    restore.click(on_restore, inputs=selected, outputs=restore_outputs, api_name="restore_run")
+    # restore_outputs hold every tab's widgets: progress and errors belong on this tab's status line, not on
+    # the model header and dozens of fields (an error left an "Error" badge on each until dismissed)
+    restore.click(on_restore, inputs=selected, outputs=restore_outputs, api_name="restore_run",
+                  show_progress_on=status)
 
     @guarded
     def on_import(image):
@@ -185,7 +194,7 @@ def build(ctx: UIContext) -> None:
         request = runner.request_from_png(image)
         return restore_request(request, "Restored the parameters embedded in the PNG.")
 
-    import_button.click(on_import, inputs=png, outputs=restore_outputs, api_name=False)
+    import_button.click(on_import, inputs=png, outputs=restore_outputs, api_name=False, show_progress_on=status)
 
     @guarded
     def on_rerun(run_id, *filter_values):
@@ -200,8 +209,12 @@ def build(ctx: UIContext) -> None:
                 yield {**show(result.run_id), runs: items, shown: ids, model: models,
                        progress: progress_html(1, f"re-run #{result.run_id} {result.status}")}
 
+    # Gradio's default ("full") progress covers every output for the whole run, eight here with the Runs gallery:
+    # a spinner and a ticking timer while it waits (~1000 DOM mutations/s), then a pulsing border, an endless CSS
+    # animation repainted every frame. The browser then takes the CPU the sampler needs; the tab's own bar is enough.
     rerun.click(on_rerun, inputs=[selected, *filters], outputs=[*detail_outputs, runs, shown, model, progress],
-                concurrency_id=DEVICE_QUEUE, concurrency_limit=1, api_name="rerun_run")
+                concurrency_id=DEVICE_QUEUE, concurrency_limit=1, api_name="rerun_run", show_progress="minimal",
+                show_progress_on=progress)
 
     @guarded
     def on_star(run_id, *filter_values):
@@ -217,7 +230,7 @@ def build(ctx: UIContext) -> None:
         run_id = parse_run_id(run_id)
         removed = history.delete(run_id)
         items, ids, models = load_runs(*filter_values)
-        return {runs: items, shown: ids, model: models, selected: None, details: "", lineage: "", outputs: [],
+        return {runs: items, shown: ids, model: models, selected: "", details: "", lineage: "", outputs: [],
                 status: f"Deleted run #{run_id} and {len(removed)} file(s) only it used."}
 
     delete.click(on_delete, inputs=[selected, *filters], outputs=[*detail_outputs, runs, shown, model],
@@ -226,7 +239,7 @@ def build(ctx: UIContext) -> None:
     @guarded
     def first_output(run_id):
         """The selected run's first output: "go back to this version and branch from it"."""
-        if run_id is None:
+        if run_id in (None, ""):
             return None
         record = history.get(parse_run_id(run_id))
         return history.load_image(record.outputs[0]) if record.outputs else None

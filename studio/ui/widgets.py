@@ -169,7 +169,9 @@ def wire_results(runner, start_request, generate, interrupt, panel, outputs: dic
 
     generate.click(on_generate, inputs=panel.inputs | set(panel.extra.values()),
                    outputs=[gallery, info, last, progress, preview], concurrency_id=DEVICE_QUEUE,
-                   concurrency_limit=1, show_progress="minimal", api_name=api_name)
+                   # Gradio's progress on every output keeps the browser busy (spinners, timers, pulsing
+                   # borders) while the run needs the CPU; the tab's own progress bar says enough
+                   concurrency_limit=1, show_progress="minimal", show_progress_on=progress, api_name=api_name)
     interrupt.click(lambda: runner.cancel() and None, queue=False, api_name=False)
 
     def on_select(state, event: gr.SelectData):
