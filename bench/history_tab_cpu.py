@@ -153,7 +153,7 @@ def main() -> None:
         settings = Settings(data_dir=tmp / "data", models_dir=tmp / "models", default_model="tiny", device="cpu",
                             annotators_dir=tmp / "annotators")
         services = build(settings)
-        services.models.add(str(save_tiny_model(tmp / "tiny", seed=0)), name="tiny")
+        services.registry.add(str(save_tiny_model(tmp / "tiny", seed=0)), name="tiny")
         for index in range(args.runs):
             services.runner.run(Txt2ImgRequest(prompt=f"a red circle, run {index}", steps=2, width=64, height=64,
                                                seed=index, sampler="Euler"))
