@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 from PIL import Image
@@ -14,15 +15,22 @@ STUDIO_KEY = "studio-request"
 # "Key: value" pairs of the last line; values with commas or colons are JSON-quoted.
 _PAIR = re.compile(r'\s*([\w][\w \-/+]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
 # infotext key -> (request field, converter); A1111's names on the left.
 _FIELDS = {
     "Steps": ("steps", int),
-    "CFG scale": ("cfg_scale", float),
+    "CFG scale": ("cfg_scale", _finite),
     "Seed": ("seed", int),
     "Model": ("model", str),
     "Model hash": ("model_hash", str),
     "VAE": ("vae", str),
-    "Denoising strength": ("denoise_strength", float),
+    "Denoising strength": ("denoise_strength", _finite),
     "Mask blur": ("mask_blur", int),
     "Batch size": ("batch_size", int),
 }
@@ -83,7 +91,10 @@ def parse_infotext(text: str) -> dict:
                 extra[key] = value
         elif key == "Size" and "x" in value:
             width, height = value.split("x", 1)
-            result["width"], result["height"] = int(width), int(height)
+            try:
+                result["width"], result["height"] = int(width), int(height)
+            except ValueError:  # kept as written, like any other value this reader cannot use
+                extra[key] = value
         elif key == "Sampler":
             result["sampler"], karras = parse_sampler_name(value)
             result["karras"] = karras or result.get("karras", False)
@@ -112,6 +123,8 @@ def read_parameters(image: Image.Image) -> tuple[str | None, dict | None]:
     studio = text.get(STUDIO_KEY)
     try:
         studio_params = json.loads(studio) if studio else None
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # unreadable: fall back to the A1111 text
+        studio_params = None
+    if not isinstance(studio_params, dict):
         studio_params = None
     return text.get(PARAMETERS_KEY), studio_params

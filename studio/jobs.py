@@ -269,10 +269,16 @@ class JobRunner:
         """Parameters of a PNG made by this studio (exact) or by A1111 (its infotext) as a request."""
         text, studio_params = read_parameters(image)
         if studio_params and studio_params.get("mode") in REQUEST_TYPES:
-            return from_record(studio_params, {})
+            try:
+                return validate(from_record(studio_params, {}))
+            except InputError as error:
+                raise InputError(f"the parameters in this PNG are not usable ({error})", field="png") from error
+            except (TypeError, ValueError, AttributeError, KeyError) as error:
+                raise InputError("the parameters in this PNG are damaged or from an unknown version; use a PNG "
+                                 "this studio or A1111 wrote", field="png") from error
         if not text:
             raise InputError("this image carries no generation parameters (no PNG 'parameters' text)",
-                             field="image")
+                             field="png")
         parsed = parse_infotext(text)
         fields = {f.name for f in dataclasses.fields(Txt2ImgRequest)}
         values = {k: v for k, v in parsed.items() if k in fields}
@@ -280,7 +286,10 @@ class JobRunner:
             values["model"] = self._model_by_hash(parsed.get("model_hash"))
         if values.get("sampler") and values["sampler"] not in SAMPLER_NAMES:
             values["sampler"] = Txt2ImgRequest.sampler
-        return Txt2ImgRequest(**values)
+        try:
+            return validate(Txt2ImgRequest(**values))
+        except InputError as error:
+            raise InputError(f"the parameters in this PNG are not usable ({error})", field="png") from error
 
     def _model_by_hash(self, short_hash: str | None) -> str | None:
         if not short_hash:

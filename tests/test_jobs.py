@@ -182,3 +182,26 @@ def test_running_out_of_device_memory_is_a_clear_error_and_the_studio_goes_on(se
     assert services.models.loaded_names() == ["tiny"]  # freed cached memory, kept the model
     again = services.runner.run(fast_request())
     assert services.history.get(again.run_id).status == "done"
+
+
+@pytest.mark.parametrize("text", ["a cat\nSteps: 20, Sampler: Euler, Size: axb, Seed: 1",
+                                  "a cat\nSteps: x, CFG scale: nan, Seed: 1, Size: 10x"])
+def test_a1111_infotext_that_lies_is_read_as_far_as_it_can_be(services, tmp_path, text):
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    path = tmp_path / "odd.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    request = services.runner.request_from_png(Image.open(path))
+    assert request.prompt == "a cat" and request.width is None and request.seed == 1
+
+
+@pytest.mark.parametrize("studio_json", ['{"mode": "txt2img", "steps": "many"}', '{"mode": "control", "units": 5}',
+                                         '[' * 5000 + ']' * 5000, '{"mode": "txt2img", "seed": 1e400}'])
+def test_a_png_whose_studio_parameters_lie_is_refused_naming_the_png(services, tmp_path, studio_json):
+    info = PngImagePlugin.PngInfo()
+    info.add_text("studio-request", studio_json)
+    path = tmp_path / "odd.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    with pytest.raises(InputError) as error:
+        services.runner.request_from_png(Image.open(path))
+    assert error.value.field == "png"
