@@ -7,12 +7,22 @@ Errors print one line on stderr naming the field, and exit non-zero (2 bad input
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import typing
 from pathlib import Path
 
 from studio.errors import InputError, StudioError
-from studio.requests import ControlRequest, InpaintRequest, OutpaintRequest, Txt2ImgRequest, control_unit, field_spec
+from studio.requests import (
+    ControlRequest,
+    InpaintRequest,
+    OutpaintRequest,
+    Txt2ImgRequest,
+    control_unit,
+    field_spec,
+    number,
+)
 from studio.settings import Settings
 
 
@@ -22,35 +32,61 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def described(meta: dict) -> str:
+    """A field's CLI help from its spec: label, range or choices, help."""
+    bounds = f" ({number(meta['min'])}..{number(meta['max'])})" if meta.get("min") is not None else ""
+    return f"{meta['label']}{bounds}" + (f": {meta['help']}." if meta.get("help") else ".")
+
+
+def cli_word(choice: str) -> str:
+    """A choice as a command-line word: 'latent noise' -> 'latent-noise'."""
+    return choice.replace(" ", "-")
+
+
+def option(parser: argparse.ArgumentParser, flag: str, cls: type, name: str, **overrides) -> None:
+    """A command-line option for a request field: type, default, help and choices read from the request spec."""
+    meta = field_spec(cls, name)
+    default = next(f.default for f in dataclasses.fields(cls) if f.name == name)
+    hint = typing.get_type_hints(cls)[name]
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+    kwargs: dict = {"default": default, "help": described(meta), "dest": name}
+    if base is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    else:
+        kwargs["type"] = base
+    if meta.get("choices"):
+        kwargs.update(choices=[cli_word(c) for c in meta["choices"]], default=cli_word(default))
+    kwargs.update(overrides)
+    parser.add_argument(flag, **kwargs)
+
+
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
-    """The txt2img options every generating command shares (ranges from the request spec)."""
-
-    def described(name: str) -> str:
-        meta = field_spec(Txt2ImgRequest, name)
-        bounds = f" ({meta['min']:g}..{meta['max']:g})" if meta.get("min") is not None else ""
-        return f"{meta['label']}{bounds}. {meta.get('help', '')}".strip()
-
+    """The txt2img options every generating command shares (everything from the request spec)."""
+    cls = Txt2ImgRequest
     parser.add_argument("--prompt", required=True, help="what to draw")
-    parser.add_argument("--negative", default="", help="what to avoid (negative prompt)")
-    parser.add_argument("--seed", type=int, default=-1, help=described("seed"))
-    parser.add_argument("--steps", type=int, default=Txt2ImgRequest.steps, help=described("steps"))
-    parser.add_argument("--cfg", type=float, default=Txt2ImgRequest.cfg_scale, help=described("cfg_scale"))
-    parser.add_argument("--width", type=int, help=described("width") + " Default: the model's native size.")
-    parser.add_argument("--height", type=int, help=described("height") + " Default: the model's native size.")
-    parser.add_argument("--sampler", default=Txt2ImgRequest.sampler, help="sampler, A1111 name (see `studio samplers`)")
-    parser.add_argument("--karras", action=argparse.BooleanOptionalAction, default=Txt2ImgRequest.karras,
-                        help="Karras sigma schedule where the sampler supports it")
-    parser.add_argument("--batch-size", type=int, default=1, help=described("batch_size"))
-    parser.add_argument("--batch-count", type=int, default=1, help=described("batch_count"))
+    parser.add_argument("--negative", default="", dest="negative_prompt", help="what to avoid (negative prompt)")
+    option(parser, "--seed", cls, "seed")
+    option(parser, "--steps", cls, "steps")
+    option(parser, "--cfg", cls, "cfg_scale")
+    option(parser, "--width", cls, "width", help=described(field_spec(cls, "width"))[:-1] + "; default: the "
+           "model's native size.")
+    option(parser, "--height", cls, "height", help=described(field_spec(cls, "height"))[:-1] + "; default: the "
+           "model's native size.")
+    # any text: an unknown sampler is refused by validation naming the field, like every other value
+    option(parser, "--sampler", cls, "sampler", choices=None, default=cls.sampler)
+    option(parser, "--karras", cls, "karras")
+    option(parser, "--batch-size", cls, "batch_size")
+    option(parser, "--batch-count", cls, "batch_count")
     parser.add_argument("--model", help="model name (see `studio models list`); default: the embedded model")
     parser.add_argument("--vae", help="VAE override from models/VAE")
 
 
+GENERATION_FIELDS = ("prompt", "negative_prompt", "seed", "steps", "cfg_scale", "width", "height", "sampler",
+                     "karras", "batch_size", "batch_count", "model", "vae")
+
+
 def generation_fields(args) -> dict:
-    return dict(prompt=args.prompt, negative_prompt=args.negative, seed=args.seed, steps=args.steps,
-                cfg_scale=args.cfg, width=args.width, height=args.height, sampler=args.sampler,
-                karras=args.karras, batch_size=args.batch_size, batch_count=args.batch_count,
-                model=args.model, vae=args.vae)
+    return {name: getattr(args, name) for name in GENERATION_FIELDS}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,26 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_generation_options(inpaint)
     inpaint.add_argument("--image", type=Path, required=True, help="the picture to edit")
     inpaint.add_argument("--mask", type=Path, required=True, help="mask image: white = repaint")
-    inpaint.add_argument("--mask-blur", type=int, default=InpaintRequest.mask_blur, help="mask edge blur, pixels")
-    inpaint.add_argument("--invert-mask", action="store_true", help="repaint everything except the mask")
-    inpaint.add_argument("--masked-content", default="original", choices=("original", "fill", "latent-noise",
-                                                                           "latent-nothing"))
-    inpaint.add_argument("--area", default="whole", choices=("whole", "masked"),
-                         help="whole picture, or only the masked region at full resolution")
-    inpaint.add_argument("--padding", type=int, default=InpaintRequest.padding, help="only-masked padding, pixels")
-    inpaint.add_argument("--strength", type=float, default=InpaintRequest.denoise_strength,
-                         help="denoising strength 0..1")
+    for flag, name in (("--mask-blur", "mask_blur"), ("--invert-mask", "invert_mask"),
+                       ("--masked-content", "masked_content"), ("--area", "inpaint_area"), ("--padding", "padding"),
+                       ("--strength", "denoise_strength")):
+        option(inpaint, flag, InpaintRequest, name)
 
     outpaint = sub.add_parser("outpaint", help="extend an image's canvas and paint the new area")
     _common(outpaint)
     add_generation_options(outpaint)
     outpaint.add_argument("--image", type=Path, required=True)
-    for side in ("left", "right", "top", "bottom"):
-        outpaint.add_argument(f"--{side}", type=int, default=0, help=f"pixels to add on the {side} (multiple of 8)")
-    outpaint.add_argument("--infill", default=OutpaintRequest.infill, choices=("edge", "blur", "noise", "telea"))
-    outpaint.add_argument("--overlap", type=int, default=OutpaintRequest.overlap, help="band of the original repainted")
-    outpaint.add_argument("--feather", type=int, default=OutpaintRequest.feather, help="soft ramp inside the band")
-    outpaint.add_argument("--strength", type=float, default=OutpaintRequest.denoise_strength)
+    for name in ("left", "right", "top", "bottom", "infill", "overlap", "feather"):
+        option(outpaint, f"--{name}", OutpaintRequest, name)
+    option(outpaint, "--strength", OutpaintRequest, "denoise_strength")
 
     control = sub.add_parser("control", help="generate guided by ControlNet units (pose, depth)")
     _common(control)
@@ -103,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "guess=true|false, model=NAME, hands=true|false and face=true|false (pose "
                               "preprocessing with OpenPose). Repeat for more units.")
     control.add_argument("--init-image", type=Path, help="img2img with controls: start from this image")
-    control.add_argument("--strength", type=float, default=ControlRequest.denoise_strength,
-                         help="denoising strength with --init-image")
+    option(control, "--strength", ControlRequest, "denoise_strength",
+           help=described(field_spec(ControlRequest, "denoise_strength"))[:-1] + " (with --init-image).")
 
     history = sub.add_parser("history", help="browse, show, re-run, star, delete past runs")
     hsub = history.add_subparsers(dest="action", required=True)
@@ -214,17 +242,17 @@ def build_request(args):
     if args.command == "inpaint":
         return InpaintRequest(**fields, image=read_image(args.image, "image"), mask=read_image(args.mask, "mask"),
                               mask_blur=args.mask_blur, invert_mask=args.invert_mask,
-                              masked_content=args.masked_content.replace("-", " "), inpaint_area=args.area,
-                              padding=args.padding, denoise_strength=args.strength)
+                              masked_content=args.masked_content.replace("-", " "), inpaint_area=args.inpaint_area,
+                              padding=args.padding, denoise_strength=args.denoise_strength)
     if args.command == "outpaint":
         return OutpaintRequest(**fields, image=read_image(args.image, "image"), left=args.left, right=args.right,
                                top=args.top, bottom=args.bottom, infill=args.infill, overlap=args.overlap,
-                               feather=args.feather, denoise_strength=args.strength)
+                               feather=args.feather, denoise_strength=args.denoise_strength)
     if args.command == "control":
         size = (args.width or 512, args.height or 512)
         units = tuple(parse_unit(text, index, size) for index, text in enumerate(args.unit))
         init = read_image(args.init_image, "init_image") if args.init_image else None
-        return ControlRequest(**fields, units=units, init_image=init, denoise_strength=args.strength)
+        return ControlRequest(**fields, units=units, init_image=init, denoise_strength=args.denoise_strength)
     return Txt2ImgRequest(**fields)
 
 

@@ -18,18 +18,29 @@ from PIL import Image
 
 from studio.engine.schedulers import SAMPLER_NAMES
 from studio.errors import InputError
-from studio.history.schema import MAX_RUN_ID
 
 MAX_SEED = 2**32 - 1
+# Run numbers are SQLite integers (history/schema.py keeps the same bound): larger ones name no run.
+MAX_RUN_ID = 2**63 - 1
+# The vocabularies of the choice fields (A1111's meanings and words).
+MASKED_CONTENT = ("original", "fill", "latent noise", "latent nothing")
+INPAINT_AREAS = ("whole", "masked")
+OUTPAINT_INFILLS = ("edge", "blur", "noise", "telea")
+CONTROL_TYPES = ("pose", "depth")
 # Longer prompts are refused rather than stored: CLIP reads 77 tokens, and A1111-style chunking
 # rarely goes past a few thousand characters; this bounds what one request can write to the history.
 MAX_TEXT_CHARS = 20_000
 
 
 def spec(default: Any, label: str, *, min: float | None = None, max: float | None = None,
-         step: float | None = None, help: str = "") -> Any:
-    """A dataclass field carrying its UI label, range and step."""
-    return field(default=default, metadata={"label": label, "min": min, "max": max, "step": step, "help": help})
+         step: float | None = None, help: str = "", choices: tuple | None = None,
+         choice_labels: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field carrying its UI label, range and step, or its choices (and how the UI names them).
+
+    The widgets, the CLI flags and validation all read this: a field's vocabulary is written once.
+    """
+    return field(default=default, metadata={"label": label, "min": min, "max": max, "step": step, "help": help,
+                                            "choices": choices, "choice_labels": choice_labels})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,7 +53,8 @@ class Txt2ImgRequest:
     negative_prompt: str = spec("", "Negative prompt")
     model: str | None = spec(None, "Model", help="name from the Models tab; empty = the default model")
     vae: str | None = spec(None, "VAE", help="name of a VAE override; empty = the model's own")
-    sampler: str = spec("DPM++ 2M", "Sampling method")
+    sampler: str = spec("DPM++ 2M", "Sampling method", choices=SAMPLER_NAMES,
+                        help="A1111 names; see `studio samplers`")
     karras: bool = spec(True, "Karras schedule", help="Karras sigma spacing, for samplers that support it")
     steps: int = spec(20, "Sampling steps", min=1, max=150, step=1)
     cfg_scale: float = spec(7.0, "CFG scale", min=1.0, max=30.0, step=0.5)
@@ -198,9 +210,11 @@ def validate(request: Any) -> Any:
         if value is not None and value % 8:
             lower = max(64, value - value % 8)
             raise InputError(f"{value} is not a multiple of 8; use {lower} or {lower + 8}", field=name)
-    if request.sampler not in SAMPLER_NAMES:
-        raise InputError(f"unknown sampler {request.sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}",
-                         field="sampler")
+    for f in dataclasses.fields(request):
+        choices = f.metadata.get("choices")
+        if choices and getattr(request, f.name) not in choices:
+            raise InputError(f"{shown(getattr(request, f.name))} is unknown; choose one of "
+                             f"{', '.join(map(str, choices))}", field=f.name)
     extra = getattr(request, "validate_mode", None)
     if extra is not None:
         extra()
@@ -262,17 +276,6 @@ def from_record(params: dict, images: dict[str, Image.Image]) -> Any:
     return cls(**(upgrade(values) if upgrade else values))
 
 
-MASKED_CONTENT = ("original", "fill", "latent noise", "latent nothing")
-INPAINT_AREAS = ("whole", "masked")
-OUTPAINT_INFILLS = ("edge", "blur", "noise", "telea")
-
-
-def _check_choice(request: Any, name: str, choices: tuple[str, ...]) -> None:
-    value = getattr(request, name)
-    if value not in choices:
-        raise InputError(f"{value!r} is not one of {', '.join(choices)}", field=name)
-
-
 def _check_denoising_steps(request: Any) -> None:
     """img2img-style runs do steps x strength steps (as A1111 and diffusers); at least one is needed."""
     if int(request.steps * request.denoise_strength) < 1:
@@ -303,16 +306,17 @@ class InpaintRequest(Txt2ImgRequest):
     mask: Image.Image | None = spec(None, "Mask", help="white = repaint; painted on the image or uploaded")
     mask_blur: int = spec(4, "Mask blur", min=0, max=64, step=1, help="pixels of Gaussian blur on the mask edge")
     invert_mask: bool = spec(False, "Inpaint not masked", help="repaint everything except the mask")
-    masked_content: str = spec("original", "Masked content", help="what the masked area starts from")
-    inpaint_area: str = spec("whole", "Inpaint area", help="whole picture, or only the masked region at full resolution")
+    masked_content: str = spec("original", "Masked content", help="what the masked area starts from",
+                               choices=MASKED_CONTENT)
+    inpaint_area: str = spec("whole", "Inpaint area", choices=INPAINT_AREAS,
+                             choice_labels=("Whole picture", "Only masked"),
+                             help="whole picture, or only the masked region at full resolution")
     padding: int = spec(32, "Only masked padding, pixels", min=0, max=256, step=4)
     denoise_strength: float = spec(0.75, "Denoising strength", min=0.0, max=1.0, step=0.01)
 
     def validate_mode(self) -> None:
         _check_image(self, "image")
         _check_image(self, "mask")
-        _check_choice(self, "masked_content", MASKED_CONTENT)
-        _check_choice(self, "inpaint_area", INPAINT_AREAS)
         _check_denoising_steps(self)
 
 
@@ -328,14 +332,16 @@ class OutpaintRequest(Txt2ImgRequest):
     right: int = spec(0, "Extend right", min=0, max=2048, step=8)
     top: int = spec(0, "Extend top", min=0, max=2048, step=8)
     bottom: int = spec(0, "Extend bottom", min=0, max=2048, step=8)
-    infill: str = spec("telea", "Infill", help="how the new area is pre-filled before diffusion")
-    overlap: int = spec(16, "Overlap, pixels", min=0, max=256, step=8, help="band of the original repainted for a seamless join")
-    feather: int = spec(16, "Feather, pixels", min=0, max=256, step=8, help="soft ramp of the mask inside the overlap band")
+    infill: str = spec("telea", "Infill of the new area", choices=OUTPAINT_INFILLS,
+                       help="how the new area is pre-filled before diffusion")
+    overlap: int = spec(16, "Overlap, pixels", min=0, max=256, step=8,
+                        help="band of the original repainted for a seamless join")
+    feather: int = spec(16, "Feather, pixels", min=0, max=256, step=8,
+                        help="soft ramp of the mask inside the overlap band")
     denoise_strength: float = spec(0.85, "Denoising strength", min=0.0, max=1.0, step=0.01)
 
     def validate_mode(self) -> None:
         _check_image(self, "image")
-        _check_choice(self, "infill", OUTPAINT_INFILLS)
         _check_denoising_steps(self)
         for side in ("left", "right", "top", "bottom"):
             if getattr(self, side) % 8:
@@ -347,14 +353,24 @@ class OutpaintRequest(Txt2ImgRequest):
                              field="extend")
 
 
-CONTROL_TYPES = ("pose", "depth")
 MAX_CONTROL_UNITS = 3
-# One control unit's keys, their defaults and ranges (a unit is a plain dict so it can hold images).
-CONTROL_UNIT_DEFAULTS = {"type": "pose", "image": None, "preprocess": True, "map": None, "weight": 1.0,
-                         "start": 0.0, "end": 1.0, "guess_mode": False, "model": None,
-                         # pose preprocessing: also detect hands / face (A1111's openpose_hand, _face, _full)
-                         "hands": False, "face": False}
-CONTROL_WEIGHT_RANGE = (0.0, 2.0)
+# One control unit's settings: default, label, range or choices, help (a unit is a plain dict so it can hold
+# images; the UI, the CLI and validation read this table).
+CONTROL_UNIT_SPEC = {
+    "type": dict(default="pose", label="Type", choices=CONTROL_TYPES),
+    "image": dict(default=None, label="Photo, or a ready control map"),
+    "preprocess": dict(default=True, label="Preprocess (detect the pose/depth in a photo)"),
+    "map": dict(default=None, label="Control map (what the ControlNet sees)"),
+    "weight": dict(default=1.0, label="Control weight", min=0.0, max=2.0, step=0.05),
+    "start": dict(default=0.0, label="Guidance start", min=0.0, max=1.0, step=0.01),
+    "end": dict(default=1.0, label="Guidance end", min=0.0, max=1.0, step=0.01),
+    "guess_mode": dict(default=False, label="Guess mode (ControlNet is more important)"),
+    "model": dict(default=None, label="ControlNet"),
+    # pose preprocessing: also detect hands / face (A1111's openpose_hand, _face, _full)
+    "hands": dict(default=False, label="Pose: also detect hands"),
+    "face": dict(default=False, label="Pose: also detect the face"),
+}
+CONTROL_UNIT_DEFAULTS = {key: item["default"] for key, item in CONTROL_UNIT_SPEC.items()}
 
 
 def control_unit(**values) -> dict:
@@ -371,16 +387,18 @@ def _check_unit(index: int, unit: dict) -> None:
         raise InputError(f"unknown setting(s) {', '.join(sorted(unknown))}; use {', '.join(CONTROL_UNIT_DEFAULTS)}",
                          field=where)
     if unit.get("type") not in CONTROL_TYPES:
-        raise InputError(f"type {shown(unit.get('type'))} is not one of {', '.join(CONTROL_TYPES)}", field=f"{where}.type")
+        raise InputError(f"type {shown(unit.get('type'))} is not one of {', '.join(CONTROL_TYPES)}",
+                         field=f"{where}.type")
     picture = unit.get("map") if unit.get("map") is not None else unit.get("image")
     if picture is None:
         raise InputError("has no image; upload a photo to preprocess or a ready control map", field=f"{where}.image")
     if not isinstance(picture, Image.Image):
         raise InputError(f"is a {type(picture).__name__}, not an image", field=f"{where}.image")
-    for key, (low, high) in (("weight", CONTROL_WEIGHT_RANGE), ("start", (0.0, 1.0)), ("end", (0.0, 1.0))):
-        value = unit.get(key)
+    for key in ("weight", "start", "end"):
+        low, high, value = CONTROL_UNIT_SPEC[key]["min"], CONTROL_UNIT_SPEC[key]["max"], unit.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            raise InputError(f"{shown(value)} is out of range; use {number(low)} to {number(high)}", field=f"{where}.{key}")
+            raise InputError(f"{shown(value)} is out of range; use {number(low)} to {number(high)}",
+                             field=f"{where}.{key}")
     for key in ("preprocess", "guess_mode", "hands", "face"):
         if not isinstance(unit.get(key), bool):
             raise InputError(f"{shown(unit.get(key))} is not true or false", field=f"{where}.{key}")
@@ -397,7 +415,8 @@ class ControlRequest(Txt2ImgRequest):
 
     mode: ClassVar[str] = "control"
 
-    units: tuple = spec((), "Control units", help="each: type, image or map, preprocess, weight, start, end, guess mode, model")
+    units: tuple = spec((), "Control units",
+                        help="each: type, image or map, preprocess, weight, start, end, guess mode, model")
     init_image: Image.Image | None = spec(None, "Init image", help="img2img with controls when given")
     denoise_strength: float = spec(0.75, "Denoising strength", min=0.0, max=1.0, step=0.01)
 

@@ -26,6 +26,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
+from studio.requests import INPAINT_AREAS, MASKED_CONTENT, OUTPAINT_INFILLS
+
 Size = tuple[int, int]
 Box = tuple[int, int, int, int]  # (left, top, right, bottom), right/bottom exclusive
 Sides = tuple[int, int, int, int]  # outpaint extensions (left, right, top, bottom)
@@ -36,9 +38,6 @@ LATENT_SCALE = 8
 # Masks are binarised where diffusers' mask processor does: value >= 0.5 is "repaint".
 MASK_THRESHOLD = 128
 
-MASKED_CONTENT = ("original", "fill", "latent noise", "latent nothing")
-INPAINT_AREAS = ("whole", "masked")
-OUTPAINT_INFILLS = ("edge", "blur", "noise", "telea")
 
 # Mask preview colours: translucent red for the mask (A1111's look), a white line for
 # the edge the UNet actually sees, a gold frame for the "only masked" crop.

@@ -21,10 +21,6 @@ from studio.engine.devices import cpu_generator
 from studio.engine.generate import CallPlan, Mode, register_mode
 from studio.errors import InputError
 
-# A1111 meanings in the infotext, so A1111 reads our PNGs the way we wrote them.
-_MASKED_CONTENT_INFOTEXT = {"original": "original", "fill": "fill", "latent noise": "latent noise",
-                            "latent nothing": "latent nothing"}
-
 
 @dataclass
 class EditPlan:
@@ -134,7 +130,7 @@ class Inpaint(Mode):
 
     def infotext_pairs(self, request) -> dict:
         pairs = {"Denoising strength": request.denoise_strength, "Mask blur": request.mask_blur,
-                 "Masked content": _MASKED_CONTENT_INFOTEXT[request.masked_content],
+                 "Masked content": request.masked_content,  # our words are A1111's
                  "Inpaint area": "Only masked" if request.inpaint_area == "masked" else "Whole picture"}
         if request.inpaint_area == "masked":
             pairs["Only masked padding, pixels"] = request.padding

@@ -11,10 +11,10 @@ from PIL import Image
 
 from studio.engine import openpose
 from studio.engine.control import pose_map_from_keypoints, read_pose_json
-from studio.requests import CONTROL_TYPES, CONTROL_UNIT_DEFAULTS, MAX_CONTROL_UNITS, ControlRequest, control_unit
+from studio.requests import CONTROL_UNIT_SPEC, MAX_CONTROL_UNITS, ControlRequest, control_unit
 from studio.ui.context import DEVICE_QUEUE, TabRestore, UIContext
 from studio.ui.guard import guarded, name_input
-from studio.ui.widgets import generation_panel, result_widgets, slider, tab_header, wire_results
+from studio.ui.widgets import field_widget, generation_panel, result_widgets, tab_header, unit_widget, wire_results
 
 AUTOMATIC = "Automatic"
 DEPTH_BRUSH_GREYS = ["#ffffff", "#c0c0c0", "#808080", "#404040", "#000000"]
@@ -29,29 +29,26 @@ class UnitWidgets:
         with gr.Accordion(f"Control unit {index + 1}", open=index == 0, elem_id=prefix):
             with gr.Row():
                 self.enabled = gr.Checkbox(value=index == 0, label="Enabled", elem_id=f"{prefix}-enabled")
-                self.type = gr.Radio(list(CONTROL_TYPES), value="pose" if index != 1 else "depth", label="Type",
-                                     elem_id=f"{prefix}-type")
-                self.preprocess = gr.Checkbox(value=True, label="Preprocess (detect the pose/depth in a photo)",
-                                              elem_id=f"{prefix}-preprocess")
+                self.type = unit_widget("type", "pose" if index != 1 else "depth", elem_id=f"{prefix}-type")
+                self.preprocess = unit_widget("preprocess", elem_id=f"{prefix}-preprocess")
             with gr.Row():
                 # OpenPose's hand and face models (A1111's openpose_hand / _face / _full)
-                self.hands = gr.Checkbox(value=False, label="Pose: also detect hands", elem_id=f"{prefix}-hands")
-                self.face = gr.Checkbox(value=False, label="Pose: also detect the face", elem_id=f"{prefix}-face")
+                self.hands = unit_widget("hands", elem_id=f"{prefix}-hands")
+                self.face = unit_widget("face", elem_id=f"{prefix}-face")
             with gr.Row():
-                self.image = gr.Image(type="pil", format="png", label="Photo, or a ready control map",
+                self.image = gr.Image(type="pil", format="png", label=CONTROL_UNIT_SPEC["image"]["label"],
                                       sources=["upload", "clipboard"], elem_id=f"{prefix}-image", height=220)
-                self.map = gr.Image(type="pil", format="png", label="Control map (what the ControlNet sees)",
+                self.map = gr.Image(type="pil", format="png", label=CONTROL_UNIT_SPEC["map"]["label"],
                                     interactive=False, elem_id=f"{prefix}-map", height=220)
             with gr.Row():
-                self.weight = gr.Slider(0, 2, value=CONTROL_UNIT_DEFAULTS["weight"], step=0.05, label="Control weight",
-                                        elem_id=f"{prefix}-weight")
-                self.start = gr.Slider(0, 1, value=0.0, step=0.01, label="Guidance start", elem_id=f"{prefix}-start")
-                self.end = gr.Slider(0, 1, value=1.0, step=0.01, label="Guidance end", elem_id=f"{prefix}-end")
+                self.weight = unit_widget("weight", elem_id=f"{prefix}-weight")
+                self.start = unit_widget("start", elem_id=f"{prefix}-start")
+                self.end = unit_widget("end", elem_id=f"{prefix}-end")
             with gr.Row():
-                self.guess_mode = gr.Checkbox(value=False, label="Guess mode (ControlNet is more important)",
-                                              elem_id=f"{prefix}-guess")
+                self.guess_mode = unit_widget("guess_mode", elem_id=f"{prefix}-guess")
                 self.model = gr.Dropdown([AUTOMATIC, *services.registry.controlnet_entries()], value=AUTOMATIC,
-                                         label="ControlNet", allow_custom_value=True, elem_id=f"{prefix}-model")
+                                         label=CONTROL_UNIT_SPEC["model"]["label"], allow_custom_value=True,
+                                         elem_id=f"{prefix}-model")
                 self.detect = gr.Button("Show the control map", size="sm", elem_id=f"{prefix}-detect")
             with gr.Accordion("Pose without a photo: presets and OpenPose JSON", open=False):
                 with gr.Row():
@@ -122,7 +119,7 @@ def build(ctx: UIContext, native_size: int) -> None:
                 with gr.Accordion("img2img with controls: start from an image", open=False):
                     init_image = gr.Image(type="pil", format="png", label="Init image (optional)",
                                           sources=["upload", "clipboard"], elem_id="control-init", height=200)
-                    strength = slider(ControlRequest, "denoise_strength", elem_id="control-strength")
+                    strength = field_widget(ControlRequest, "denoise_strength", elem_id="control-strength")
                 panel = generation_panel("control", ctx.model, ctx.vae, native_size, prompt, negative)
             with gr.Column(scale=1):
                 progress, preview, gallery, info = result_widgets("control")

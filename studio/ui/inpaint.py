@@ -7,13 +7,12 @@ from PIL import Image
 
 from studio.engine import imaging
 from studio.errors import InputError
-from studio.requests import INPAINT_AREAS, MASKED_CONTENT, InpaintRequest
+from studio.requests import InpaintRequest
 from studio.ui.context import ImageReceiver, ImageSender, TabRestore, UIContext
 from studio.ui.guard import guarded, name_input
-from studio.ui.widgets import generation_panel, result_widgets, selected_image, slider, tab_header, wire_results
+from studio.ui.widgets import field_widget, generation_panel, result_widgets, selected_image, tab_header, wire_results
 
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
-AREA_LABELS = dict(zip(INPAINT_AREAS, ("Whole picture", "Only masked")))
 
 # Part of the app's startup script. Gradio 6.31's ImageEditor sizes a layer it loads from the server (a restored
 # mask) by the bounds of everything on its canvas and centres a smaller layer picture in them. Those bounds include
@@ -94,16 +93,14 @@ def build(ctx: UIContext, native_size: int) -> None:
                                        label="Or upload a mask (white = repaint)", elem_id="inpaint-mask-upload",
                                        height=160)
                 with gr.Row():
-                    mask_blur = slider(cls, "mask_blur", elem_id="inpaint-mask-blur")
+                    mask_blur = field_widget(cls, "mask_blur", elem_id="inpaint-mask-blur")
                     mask_mode = gr.Radio(list(MASK_MODES), value=MASK_MODES[0], label="Mask mode",
                                          elem_id="inpaint-mask-mode")
-                masked_content = gr.Radio(list(MASKED_CONTENT), value=cls.masked_content, label="Masked content",
-                                          elem_id="inpaint-masked-content")
+                masked_content = field_widget(cls, "masked_content", elem_id="inpaint-masked-content")
                 with gr.Row():
-                    area = gr.Radio(list(AREA_LABELS.values()), value=AREA_LABELS["whole"], label="Inpaint area",
-                                    elem_id="inpaint-area")
-                    padding = slider(cls, "padding", elem_id="inpaint-padding")
-                strength = slider(cls, "denoise_strength", elem_id="inpaint-strength")
+                    area = field_widget(cls, "inpaint_area", elem_id="inpaint-area")
+                    padding = field_widget(cls, "padding", elem_id="inpaint-padding")
+                strength = field_widget(cls, "denoise_strength", elem_id="inpaint-strength")
                 panel = generation_panel("inpaint", ctx.model, ctx.vae, native_size, prompt, negative)
             with gr.Column(scale=1):
                 show_mask = gr.Button("Preview the mask as it will be applied", size="sm",
@@ -124,13 +121,12 @@ def build(ctx: UIContext, native_size: int) -> None:
                                 inpaint_area=area, padding=padding, denoise_strength=strength, image=editor,
                                 mask=mask_upload).items():
         name_input(component, name)
-    area_by_label = {label: name for name, label in AREA_LABELS.items()}
 
     def make_request(data: dict) -> InpaintRequest:
         image, mask = image_and_mask(data[editor], data[mask_upload])
         return InpaintRequest(**panel.values(data), image=image, mask=mask, mask_blur=int(data[mask_blur]),
                               invert_mask=data[mask_mode] == MASK_MODES[1], masked_content=data[masked_content],
-                              inpaint_area=area_by_label[data[area]], padding=int(data[padding]),
+                              inpaint_area=data[area], padding=int(data[padding]),
                               denoise_strength=float(data[strength]))
 
     wire_results(ctx.services.runner, make_request, generate, interrupt, panel,
@@ -165,7 +161,7 @@ def build(ctx: UIContext, native_size: int) -> None:
         updates = panel.updates(request)
         updates.update({editor: editor_value(request.image, request.mask), mask_upload: None,
                         mask_blur: request.mask_blur, mask_mode: MASK_MODES[int(request.invert_mask)],
-                        masked_content: request.masked_content, area: AREA_LABELS[request.inpaint_area],
+                        masked_content: request.masked_content, area: request.inpaint_area,
                         padding: request.padding, strength: request.denoise_strength})
         return updates
 

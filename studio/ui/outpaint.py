@@ -7,10 +7,10 @@ from PIL import Image
 
 from studio.engine import imaging
 from studio.errors import InputError
-from studio.requests import OUTPAINT_INFILLS, OutpaintRequest
+from studio.requests import OutpaintRequest
 from studio.ui.context import ImageReceiver, ImageSender, TabRestore, UIContext
 from studio.ui.guard import guarded, name_input
-from studio.ui.widgets import generation_panel, result_widgets, selected_image, slider, tab_header, wire_results
+from studio.ui.widgets import field_widget, generation_panel, result_widgets, selected_image, tab_header, wire_results
 
 SIDES = ("left", "right", "top", "bottom")
 
@@ -28,13 +28,12 @@ def build(ctx: UIContext, native_size: int) -> None:
                                          elem_id="outpaint-preset")
                     apply_preset = gr.Button("Apply", size="sm", scale=1, elem_id="outpaint-apply-preset")
                 with gr.Row():
-                    sides = {side: slider(cls, side, elem_id=f"outpaint-{side}") for side in SIDES}
-                infill = gr.Radio(list(OUTPAINT_INFILLS), value=cls.infill, label="Infill of the new area",
-                                  elem_id="outpaint-infill")
+                    sides = {side: field_widget(cls, side, elem_id=f"outpaint-{side}") for side in SIDES}
+                infill = field_widget(cls, "infill", elem_id="outpaint-infill")
                 with gr.Row():
-                    overlap = slider(cls, "overlap", elem_id="outpaint-overlap")
-                    feather = slider(cls, "feather", elem_id="outpaint-feather")
-                strength = slider(cls, "denoise_strength", elem_id="outpaint-strength")
+                    overlap = field_widget(cls, "overlap", elem_id="outpaint-overlap")
+                    feather = field_widget(cls, "feather", elem_id="outpaint-feather")
+                strength = field_widget(cls, "denoise_strength", elem_id="outpaint-strength")
                 panel = generation_panel("outpaint", ctx.model, ctx.vae, native_size, prompt, negative,
                                          show_size=False)
             with gr.Column(scale=1):

@@ -16,19 +16,37 @@ from typing import Any
 
 import gradio as gr
 
-from studio.engine.schedulers import SAMPLER_NAMES
-from studio.requests import Txt2ImgRequest, field_spec
+from studio.requests import CONTROL_UNIT_SPEC, Txt2ImgRequest, field_spec
 from studio.ui.guard import guarded, name_input, user_error
 
 RANDOM_SEED = -1
 
 
-def slider(cls: type, name: str, value=None, **kwargs) -> gr.Slider:
-    """A slider whose label, range and step come from the request field's spec."""
-    meta = field_spec(cls, name)
+def spec_widget(meta: dict, default, kind: str | None = None, **kwargs):
+    """The widget a field's spec describes: a slider for a range, a radio (or dropdown) for choices, a checkbox."""
+    info = meta.get("help") or None
+    if meta.get("choices"):
+        labels = meta.get("choice_labels") or meta["choices"]
+        widget = gr.Dropdown if kind == "dropdown" else gr.Radio
+        return widget(list(zip(labels, meta["choices"])), value=default, label=meta["label"], info=info, **kwargs)
+    if meta.get("min") is not None:
+        return gr.Slider(minimum=meta["min"], maximum=meta["max"], step=meta["step"], value=default,
+                         label=meta["label"], info=info, **kwargs)
+    if isinstance(default, bool):
+        return gr.Checkbox(value=default, label=meta["label"], info=info, **kwargs)
+    raise ValueError(f"no widget for a field like {meta['label']!r}")
+
+
+def field_widget(cls: type, name: str, value=None, kind: str | None = None, **kwargs):
+    """The widget of a request field, its label, range or choices and default read from the request spec."""
     default = value if value is not None else next(f.default for f in dataclasses.fields(cls) if f.name == name)
-    return gr.Slider(minimum=meta["min"], maximum=meta["max"], step=meta["step"], value=default,
-                     label=meta["label"], info=meta.get("help") or None, **kwargs)
+    return spec_widget(field_spec(cls, name), default, kind, **kwargs)
+
+
+def unit_widget(key: str, value=None, **kwargs):
+    """The widget of a control unit setting, from CONTROL_UNIT_SPEC."""
+    meta = CONTROL_UNIT_SPEC[key]
+    return spec_widget(meta, meta["default"] if value is None else value, **kwargs)
 
 
 @dataclass
@@ -83,19 +101,16 @@ def generation_panel(prefix: str, model: gr.Dropdown, vae: gr.Dropdown, native_s
     """Sampler, steps, size, CFG, seed and batch widgets (the A1111 txt2img set)."""
     cls = Txt2ImgRequest
     with gr.Row():
-        sampler = gr.Dropdown(list(SAMPLER_NAMES), value=cls.sampler, label="Sampling method",
-                              elem_id=f"{prefix}-sampler")
-        karras = gr.Checkbox(value=cls.karras, label="Karras schedule", elem_id=f"{prefix}-karras")
-        steps = slider(cls, "steps", elem_id=f"{prefix}-steps")
+        sampler = field_widget(cls, "sampler", kind="dropdown", elem_id=f"{prefix}-sampler")
+        karras = field_widget(cls, "karras", elem_id=f"{prefix}-karras")
+        steps = field_widget(cls, "steps", elem_id=f"{prefix}-steps")
     with gr.Row(visible=show_size):
-        width = slider(cls, "width", value=native_size, elem_id=f"{prefix}-width")
-        height = slider(cls, "height", value=native_size, elem_id=f"{prefix}-height")
-    for size in (width, height):
-        size.maximum = 2048
+        width = field_widget(cls, "width", value=native_size, elem_id=f"{prefix}-width")
+        height = field_widget(cls, "height", value=native_size, elem_id=f"{prefix}-height")
     with gr.Row():
-        batch_count = slider(cls, "batch_count", elem_id=f"{prefix}-batch-count")
-        batch_size = slider(cls, "batch_size", elem_id=f"{prefix}-batch-size")
-    cfg = slider(cls, "cfg_scale", elem_id=f"{prefix}-cfg")
+        batch_count = field_widget(cls, "batch_count", elem_id=f"{prefix}-batch-count")
+        batch_size = field_widget(cls, "batch_size", elem_id=f"{prefix}-batch-size")
+    cfg = field_widget(cls, "cfg_scale", elem_id=f"{prefix}-cfg")
     with gr.Row(equal_height=True):
         seed = gr.Number(value=RANDOM_SEED, label="Seed", precision=0, elem_id=f"{prefix}-seed", scale=4,
                          info="-1 draws a random seed")
