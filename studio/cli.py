@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default 7860)")
     serve.add_argument("--listen", action="store_true", help="bind 0.0.0.0 so the network can reach it")
     serve.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    serve.add_argument("--no-api", action="store_true", help="do not serve the A1111-compatible API (/sdapi/v1)")
+    serve.add_argument("--api-auth", metavar="USER:PASSWORD", help="HTTP Basic auth for the API (needed with --listen)")
 
     gen = sub.add_parser("generate", help="txt2img from the command line")
     _common(gen)
@@ -264,6 +266,10 @@ def settings_from(args) -> Settings:
             overrides[name] = value
     if getattr(args, "listen", False):
         overrides["listen"] = True
+    if getattr(args, "no_api", False):
+        overrides["api"] = False
+    if getattr(args, "api_auth", None):
+        overrides["api_auth"] = args.api_auth
     from pydantic import ValidationError
 
     try:
@@ -356,7 +362,7 @@ def _history(args, services) -> None:
             print(f"warning: {damage.describe()}", file=sys.stderr)
         _emit(args, data, json.dumps(data, indent=2, default=str))
     elif args.action == "rerun":
-        result = runner.rerun(args.run_id)
+        result = runner.rerun(args.run_id, source="cli")
         data = run_summary(result)
         _emit(args, data, "\n".join(data["outputs"]))
     elif args.action == "delete":
@@ -416,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         services = build(settings)
         try:
             if args.command in ("generate", "inpaint", "outpaint", "control"):
-                result = services.runner.run(build_request(args))
+                result = services.runner.run(build_request(args), source="cli")
                 for notice in result.notices:
                     print(f"notice: {notice}", file=sys.stderr)
                 data = run_summary(result)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,9 @@ class Progress:
     fraction: float
     message: str
     preview: Image.Image | None = None
+    step: int = 0  # sampling step of the current image batch, of total_steps
+    total_steps: int = 0
+    started: float = 0.0  # time.monotonic() when the run began sampling (for an ETA)
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,10 @@ class JobRunner:
         self.device_lock = DeviceLock()
         self._current: CancelToken | None = None
         self._versions: dict | None = None
+        # what a status query sees: the running job's latest progress and how many wait for the device
+        self.progress: Progress | None = None
+        self.jobs_waiting = 0
+        self._counter_lock = threading.Lock()
 
     # -- the path of a run -----------------------------------------------------------------
 
@@ -135,11 +143,12 @@ class JobRunner:
         return token is not None
 
     def run(self, request, on_progress: Callable[[Progress], None] | None = None,
-            cancel: CancelToken | None = None, rerun_of: int | None = None) -> RunResult:
+            cancel: CancelToken | None = None, rerun_of: int | None = None, source: str = "ui") -> RunResult:
+        """Run a request on the device (waiting for it when another job has it) and record it."""
         notices: list[str] = []
         validate(request)  # a bad value is refused at once, not after the current run
         cancel = cancel or CancelToken()
-        with self.device_lock:
+        with self._waiting_for_device():
             request = self._prepare(request, notices)
             mode = generate.MODES[request.mode]
             params, inputs = to_record(request)
@@ -150,10 +159,41 @@ class JobRunner:
                     params["parent_run_id"] = parent
             self._current = cancel
             try:
-                result = self._run_locked(request, mode, params, inputs, on_progress, cancel, rerun_of)
+                # previews cost a decode every few steps: only made when a caller watches the progress
+                result = self._run_locked(request, mode, params, inputs, self._watched(on_progress), cancel,
+                                          rerun_of, source, watching=on_progress is not None)
                 return dataclasses.replace(result, notices=tuple(notices))
             finally:
                 self._current = None
+                self.progress = None
+
+    @contextmanager
+    def _waiting_for_device(self) -> Iterator[None]:
+        """Hold the device lock, counting the jobs that wait for it (the API's progress reports them)."""
+        with self._counter_lock:
+            self.jobs_waiting += 1
+        waiting = True
+        try:
+            with self.device_lock:
+                with self._counter_lock:
+                    self.jobs_waiting -= 1
+                waiting = False
+                yield
+        finally:
+            if waiting:  # gave up waiting (an error or an interrupt before the device was free)
+                with self._counter_lock:
+                    self.jobs_waiting -= 1
+
+    def _watched(self, on_progress):
+        """on_progress that also keeps the latest report where progress() can read it."""
+
+        def report(progress: Progress) -> None:
+            self.progress = progress
+            if on_progress is not None:
+                on_progress(progress)
+
+        self.progress = Progress(0.0, "starting")
+        return report
 
     def _parent_of(self, inputs: dict) -> int | None:
         """The run whose output this run starts from: the edited image first, then any other input."""
@@ -164,7 +204,8 @@ class JobRunner:
                 return parent
         return None
 
-    def _run_locked(self, request, mode, params, inputs, on_progress, cancel, rerun_of) -> RunResult:
+    def _run_locked(self, request, mode, params, inputs, on_progress, cancel, rerun_of, source,
+                    watching: bool) -> RunResult:
         started = time.perf_counter()
         model = self.models.load(request.model)
         load_s = time.perf_counter() - started
@@ -172,25 +213,26 @@ class JobRunner:
         pipe = self.models.pipeline(mode.pipeline_mode(request), request.model, request.vae, **components)
         pipe.scheduler = make_scheduler(request.sampler, request.karras, dict(pipe.scheduler.config))
         self._vae_tiling(pipe, request)
-        run_id = self.history.start(self._row(request, model, pipe, params, rerun_of), inputs)
+        run_id = self.history.start({**self._row(request, model, pipe, params, rerun_of), "source": source}, inputs)
         with self.history.heartbeat(run_id):
-            return self._generate(run_id, request, mode, pipe, model, on_progress, cancel, started, load_s)
+            return self._generate(run_id, request, mode, pipe, model, on_progress, cancel, started, load_s, watching)
 
-    def _generate(self, run_id, request, mode, pipe, model, on_progress, cancel, started, load_s) -> RunResult:
+    def _generate(self, run_id, request, mode, pipe, model, on_progress, cancel, started, load_s,
+                  watching: bool) -> RunResult:
         try:
             every = self.settings.preview_every
-            previews = Previewer(pipe, model.family) if on_progress is not None and every else None
+            previews = Previewer(pipe, model.family) if watching and every else None
 
             def on_step(info: StepInfo) -> None:
-                if on_progress is None:
-                    return
                 preview = None
                 if previews and info.latents is not None and (info.step % every == 0 or info.step == info.total_steps):
                     preview = previews(info.latents)
                 on_progress(Progress(info.fraction, f"image batch {info.batch_index + 1}/{info.batch_count}, "
-                                                    f"step {info.step}/{info.total_steps}", preview))
+                                                    f"step {info.step}/{info.total_steps}", preview, info.step,
+                                     info.total_steps, sample_clock))
 
             sample_started = time.perf_counter()
+            sample_clock = time.monotonic()
             try:
                 outcome = generate.run(pipe, request, mode, on_step=on_step, cancel=cancel)
             except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
@@ -215,8 +257,7 @@ class JobRunner:
             message = str(error) if isinstance(error, StudioError) else f"{type(error).__name__}: {error}"
             self.history.fail(run_id, message, time.perf_counter() - started)
             raise
-        if on_progress is not None:
-            on_progress(Progress(1.0, "interrupted" if outcome.cancelled else "done"))
+        on_progress(Progress(1.0, "interrupted" if outcome.cancelled else "done"))
         return RunResult(run_id, status, request, outcome.seeds, outcome.images, refs, infotexts,
                          time.perf_counter() - started)
 
@@ -309,6 +350,6 @@ class JobRunner:
         record = self.history.get(run_id)
         return from_record(record.params, self.history.load_inputs(record))
 
-    def rerun(self, run_id: int, on_progress=None, cancel=None) -> RunResult:
+    def rerun(self, run_id: int, on_progress=None, cancel=None, source: str = "ui") -> RunResult:
         """Run a past request again: same seeds, same settings, recorded as a re-run of it."""
-        return self.run(self.restore(run_id), on_progress, cancel, rerun_of=run_id)
+        return self.run(self.restore(run_id), on_progress, cancel, rerun_of=run_id, source=source)

@@ -66,6 +66,13 @@ class Settings(BaseSettings):
         description="Pose preprocessor: auto uses OpenPose when its weights are in the annotators folder, "
         "else the offline MediaPipe detector (one person per photo).",
     )
+    api: bool = Field(
+        True, description="Serve the AUTOMATIC1111-compatible HTTP API under /sdapi/v1 on the studio's port."
+    )
+    api_auth: str | None = Field(
+        None, description="user:password for HTTP Basic auth of the API; required when --listen serves the API."
+    )
+    api_max_body_mb: int = Field(64, ge=1, description="Largest API request body, in MB (images come base64).")
     preview_every: int = Field(
         2, ge=0, description="Show a live preview every N sampling steps (0 turns previews off)."
     )

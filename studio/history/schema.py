@@ -74,6 +74,7 @@ class Run(Base):
     # the process that runs it (host:pid:start) and when it last said it was alive (migration 0002)
     owner: Mapped[str | None] = mapped_column(String(255))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    source: Mapped[str | None] = mapped_column(String(16))  # "ui" | "cli" | "api" (migration 0003)
 
     images: Mapped[list[RunImage]] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True,

@@ -73,6 +73,7 @@ class RunRecord:
     starred: bool
     owner: str | None
     heartbeat_at: datetime | None
+    source: str | None
     inputs: tuple[ImageRef, ...] = field(default=())
     outputs: tuple[ImageRef, ...] = field(default=())
 

@@ -43,6 +43,7 @@ def details_markdown(record) -> str:
         ("Started", record.created_at.strftime("%Y-%m-%d %H:%M:%S UTC")),
         ("Duration", f"{record.duration_s:.2f} s" if record.duration_s else "-"),
         ("Device", f"{record.device} / {record.dtype}"),
+        ("Source", {"ui": "web UI", "cli": "command line", "api": "HTTP API"}.get(record.source or "", "-")),
         ("Versions", ", ".join(f"{k} {v}" for k, v in record.versions.items())),
     ]
     extra = {k: v for k, v in record.params.items()

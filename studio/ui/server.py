@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from studio.api.a1111 import build_routes
 from studio.app import Services, build
+from studio.errors import InputError
 from studio.settings import Settings
 from studio.ui.app import CSS, SHORTCUTS_JS, build_ui
 
@@ -10,12 +12,24 @@ from studio.ui.app import CSS, SHORTCUTS_JS, build_ui
 MAX_UPLOAD = "200mb"
 
 
+def check_api_exposure(settings: Settings) -> None:
+    """The API has no UI session in front of it: on the network it must have a password."""
+    if settings.api and settings.listen and not settings.api_auth:
+        raise InputError("--listen would open the A1111 API to the network without a password; give --api-auth "
+                         "user:password, or --no-api", field="api_auth")
+    if settings.api_auth and ":" not in settings.api_auth:
+        raise InputError("give it as user:password", field="api_auth")
+
+
 def launch(services: Services, *, open_browser: bool = False, block: bool = True):
-    """Launch the UI for these services; returns (demo, local URL)."""
+    """Launch the UI (and the A1111 API, unless turned off) for these services; returns (demo, local URL)."""
     settings = services.settings
+    check_api_exposure(settings)
     demo = build_ui(services)
     demo.queue(default_concurrency_limit=1)
-    _app, url, _share = demo.launch(
+    # the API's routes go into the app's constructor, so they are matched before Gradio's own
+    app_kwargs = {"routes": build_routes(services)} if settings.api else {}
+    _app, url, _share = demo.launch(app_kwargs=app_kwargs,
         server_name=settings.bind_host, server_port=settings.port, inbrowser=open_browser, share=False,
         prevent_thread_lock=not block, allowed_paths=[str(settings.blobs_dir)], css=CSS, js=SHORTCUTS_JS,
         quiet=True, footer_links=["api", "settings"], max_file_size=MAX_UPLOAD,

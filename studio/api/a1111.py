@@ -1,0 +1,360 @@
+"""The AUTOMATIC1111-compatible HTTP API, /sdapi/v1/*, served on the studio's own port.
+
+SillyTavern, Open WebUI, openOutpaint, the `webuiapi` client and many scripts speak it. Every
+generating call runs through the same JobRunner as the UI (one device lock) and is a history row
+with source "api". Errors are JSON {"error", "detail", "field"}: 422 for bad input, 404 for what
+does not exist, never a traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import secrets
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from studio import __version__
+from studio.api.a1111_requests import (
+    ApiState,
+    a1111_field,
+    decode_image,
+    ignored_fields,
+    img2img_request,
+    model_title,
+    response,
+    title_to_name,
+    txt2img_request,
+)
+from studio.engine.devices import available_ram_bytes
+from studio.engine.schedulers import SAMPLER_NAMES
+from studio.errors import HistoryError, InputError, ModelError, NotFound, StudioError
+from studio.infotext import parse_infotext, png_text, read_parameters
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/sdapi/v1"
+# (HTTP status, the "error" word) of each kind of studio error
+STATUS = {InputError: (422, "InvalidInput"), NotFound: (404, "NotFound"), ModelError: (422, "ModelProblem"),
+          HistoryError: (503, "HistoryUnavailable")}
+
+
+class ApiFailure(Exception):
+    """An HTTP answer other than 200, with the A1111-style JSON error body."""
+
+    def __init__(self, status: int, error: str, detail: str, field: str | None = None, headers: dict | None = None):
+        self.status, self.error, self.detail, self.field, self.headers = status, error, detail, field, headers
+
+
+def _error_response(status: int, error: str, detail: str, field: str | None, headers: dict | None = None):
+    return JSONResponse({"error": error, "detail": detail, "field": field}, status_code=status, headers=headers)
+
+
+def endpoint(api, function):
+    """Auth, then the handler; every failure becomes the JSON error body."""
+
+    # not functools.wraps: FastAPI would read the handler's (api, request) signature through __wrapped__
+    async def wrapper(request: Request):
+        try:
+            api.check_auth(request)
+            return await function(api, request)
+        except ApiFailure as failure:
+            return _error_response(failure.status, failure.error, failure.detail, failure.field, failure.headers)
+        except StudioError as error:
+            field = a1111_field(error.field)
+            status, word = next((v for kind, v in STATUS.items() if isinstance(error, kind)), (422, "Refused"))
+            detail = f"{field}: {error.message}" if field else error.message
+            return _error_response(status, word, detail, field)
+        except Exception:  # never a traceback to the caller; the log has it
+            log.exception("the A1111 API failed on %s", request.url.path)
+            return _error_response(500, "ServerError", "the server could not finish this call (an unexpected error, "
+                                                       "written to the server's log)", None)
+
+    wrapper.__name__, wrapper.__doc__ = function.__name__, function.__doc__
+    return wrapper
+
+
+class A1111Api:
+    """The state the routes share: the studio's services and what POST /options set."""
+
+    def __init__(self, services):
+        self.services = services
+        self.state = ApiState()
+        self.max_body = services.settings.api_max_body_mb * 2**20
+
+    def check_auth(self, request: Request) -> None:
+        expected = self.services.settings.api_auth
+        if not expected:
+            return
+        header = request.headers.get("authorization", "")
+        given = ""
+        if header.lower().startswith("basic "):
+            try:
+                given = base64.b64decode(header[6:]).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                given = ""
+        if not secrets.compare_digest(given.encode(), expected.encode()):
+            raise ApiFailure(401, "Unauthorized", "this API needs the user and password given with --api-auth",
+                             headers={"WWW-Authenticate": 'Basic realm="studio"'})
+
+    async def body(self, request: Request) -> dict:
+        """The JSON object a call sent, refusing bodies over the cap before reading them whole."""
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_body:
+            raise self._too_big()
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body:
+                raise self._too_big()
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+        if not raw.strip():
+            return {}
+        try:
+            value = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+            raise ApiFailure(422, "BadRequest", f"the body is not valid JSON ({str(error)[:80]})", "body") from error
+        if not isinstance(value, dict):
+            raise ApiFailure(422, "BadRequest", "the body must be a JSON object", "body")
+        return value
+
+    def _too_big(self) -> ApiFailure:
+        return ApiFailure(413, "TooLarge", f"the body is over {self.max_body // 2**20} MB "
+                          "(STUDIO_API_MAX_BODY_MB); send smaller images", "body")
+
+    def model_names(self) -> list[str]:
+        registry = self.services.registry
+        return [name for name, entry in registry.entries().items() if not registry.problem(entry)]
+
+    def controlnet_names(self) -> list[str]:
+        return list(self.services.registry.controlnet_entries())
+
+    async def generate(self, request: Request, build) -> dict:
+        body = await self.body(request)
+        studio_request = build(body, self.state, self.model_names(), self.controlnet_names())
+        runner = self.services.runner
+        # a progress callback makes the runner draw live previews for GET /progress
+        result = await run_in_threadpool(runner.run, studio_request, lambda progress: None, None, None, "api")
+        record = self.services.history.get(result.run_id)
+        send = body.get("send_images", True) is not False
+        return response(result, body, record.model_hash, send, ignored_fields(body))
+
+
+# (path, methods, handler) of every route; build_routes binds them to one studio's services
+ROUTES: list[tuple[str, tuple[str, ...], object]] = []
+
+
+def route(path: str, methods: tuple[str, ...] = ("GET",)):
+    def register(function):
+        ROUTES.append((path, methods, function))
+        return function
+    return register
+
+
+@route("/txt2img", ("POST",))
+async def txt2img(api: A1111Api, request: Request):
+    """Text to image, as A1111's txt2img."""
+    return await api.generate(request, txt2img_request)
+
+
+@route("/img2img", ("POST",))
+async def img2img(api: A1111Api, request: Request):
+    """Image to image; with a mask, inpainting (mask_blur, inpainting_fill, inpaint_full_res, ...)."""
+    return await api.generate(request, img2img_request)
+
+
+def _current_title(api: A1111Api) -> str:
+    registry = api.services.registry
+    name = api.state.checkpoint or registry.default_name()
+    return model_title(name, registry.model_hash(registry.resolve(name))[:10])
+
+
+@route("/options")
+async def get_options(api: A1111Api, request: Request):
+    """The options A1111 clients read: the checkpoint, the VAE, seeds, the image format."""
+    return {**api.state.other, "sd_model_checkpoint": _current_title(api), "sd_vae": api.state.vae or "Automatic",
+            "send_seed": True, "samples_format": "png", "sd_checkpoint_hash":
+                api.services.registry.model_hash(api.services.registry.resolve(api.state.checkpoint))}
+
+
+@route("/options", ("POST",))
+async def set_options(api: A1111Api, request: Request):
+    """Choose the checkpoint (sd_model_checkpoint) or VAE (sd_vae) later calls use; other options are kept."""
+    body = await api.body(request)
+    if "sd_model_checkpoint" in body:
+        api.state.checkpoint = title_to_name(body["sd_model_checkpoint"], api.model_names(), "sd_model_checkpoint")
+    if "sd_vae" in body:
+        vae = body["sd_vae"]
+        if vae in (None, "", "Automatic", "None"):
+            api.state.vae = None
+        elif vae in api.services.registry.vae_names():
+            api.state.vae = vae
+        else:
+            raise InputError(f"unknown VAE {vae!r}; choose one of Automatic, "
+                             f"{', '.join(api.services.registry.vae_names()) or '(none installed)'}", field="sd_vae")
+    api.state.other.update({k: v for k, v in body.items() if k not in ("sd_model_checkpoint", "sd_vae")})
+    return None
+
+
+@route("/sd-models")
+async def sd_models(api: A1111Api, request: Request):
+    """Checkpoints that can load (title, model_name, hash, sha256, filename)."""
+    registry, rows = api.services.registry, []
+    for name in api.model_names():
+        entry = registry.resolve(name)
+        sha = await run_in_threadpool(registry.model_hash, entry)
+        rows.append({"title": model_title(name, sha[:10]), "model_name": name, "hash": sha[:10], "sha256": sha,
+                     "filename": entry.location, "config": None})
+    return rows
+
+
+@route("/sd-vae")
+async def sd_vae(api: A1111Api, request: Request):
+    """VAEs in models/VAE."""
+    folder = api.services.registry.vae_dir
+    return [{"model_name": name, "filename": str(folder / name)} for name in api.services.registry.vae_names()]
+
+
+@route("/samplers")
+async def samplers(api: A1111Api, request: Request):
+    """Sampler names (A1111's)."""
+    return [{"name": name, "aliases": [], "options": {}} for name in SAMPLER_NAMES]
+
+
+@route("/schedulers")
+async def schedulers(api: A1111Api, request: Request):
+    """Schedules: automatic (the sampler's own; Karras where it has one) and karras."""
+    return [{"name": "automatic", "label": "Automatic", "aliases": None, "default_rho": -1, "need_inner_model": False},
+            {"name": "karras", "label": "Karras", "aliases": None, "default_rho": 7.0, "need_inner_model": False}]
+
+
+def _empty_list(path: str, doc: str):
+    async def handler(api: A1111Api, request: Request):
+        return []
+    handler.__doc__ = doc
+    route(path)(handler)
+
+
+for _path, _doc in (("/upscalers", "Upscalers (none yet)."), ("/latent-upscale-modes", "Latent upscale modes (none yet)."),
+                    ("/loras", "LoRAs (none yet)."), ("/prompt-styles", "Prompt styles (none yet)."),
+                    ("/hypernetworks", "Hypernetworks (none)."), ("/face-restorers", "Face restorers (none)."),
+                    ("/realesrgan-models", "Real-ESRGAN models (none yet).")):
+    _empty_list(_path, _doc)
+
+
+@route("/embeddings")
+async def embeddings(api: A1111Api, request: Request):
+    """Textual inversion embeddings (none yet)."""
+    return {"loaded": {}, "skipped": {}}
+
+
+@route("/scripts")
+async def scripts(api: A1111Api, request: Request):
+    """Scripts: ControlNet units are taken in alwayson_scripts."""
+    return {"txt2img": ["controlnet"], "img2img": ["controlnet"]}
+
+
+@route("/cmd-flags")
+async def cmd_flags(api: A1111Api, request: Request):
+    """The server's settings that A1111 reports as command-line flags (never the API password)."""
+    settings = api.services.settings
+    return {"api": True, "listen": settings.listen, "port": settings.port, "nowebui": False,
+            "api_auth": "set" if settings.api_auth else None, "data_dir": str(settings.data_dir),
+            "ckpt_dir": str(api.services.registry.checkpoints_dir), "device": settings.device}
+
+
+@route("/progress")
+async def progress(api: A1111Api, request: Request):
+    """The running job: progress, ETA, steps, queue length, the live preview (base64 PNG)."""
+    runner = api.services.runner
+    current = runner.progress
+    fraction = current.fraction if current else 0.0
+    eta = 0.0
+    if current and current.started and 0 < fraction < 1:
+        elapsed = time.monotonic() - current.started
+        eta = elapsed / fraction - elapsed
+    image = None
+    if current and current.preview is not None and request.query_params.get("skip_current_image") != "true":
+        buffer = io.BytesIO()
+        current.preview.save(buffer, format="PNG")
+        image = base64.b64encode(buffer.getvalue()).decode()
+    return {"progress": round(fraction, 4), "eta_relative": round(eta, 3),
+            "state": {"skipped": False, "interrupted": False, "job": "studio" if current else "",
+                      "job_count": (1 if current else 0) + runner.jobs_waiting, "job_timestamp": "0", "job_no": 0,
+                      "sampling_step": current.step if current else 0,
+                      "sampling_steps": current.total_steps if current else 0},
+            "current_image": image, "textinfo": current.message if current else None}
+
+
+@route("/interrupt", ("POST",))
+async def interrupt(api: A1111Api, request: Request):
+    """Stop the running job after its current step (it keeps the images it finished)."""
+    api.services.runner.cancel()
+    return None
+
+
+@route("/skip", ("POST",))
+async def skip(api: A1111Api, request: Request):
+    """As interrupt: the studio stops the running job (A1111 skips to the next image of the batch)."""
+    api.services.runner.cancel()
+    return None
+
+
+@route("/png-info", ("POST",))
+async def png_info(api: A1111Api, request: Request):
+    """The generation parameters a PNG carries (A1111's or this studio's)."""
+    body = await api.body(request)
+    image = decode_image(body.get("image"), "image")
+    text, _studio = read_parameters(image)
+    items = {k: v for k, v in png_text(image).items() if k != "parameters"}
+    parameters = {k: v for k, v in parse_infotext(text).items() if k != "extra"} if text else {}
+    return {"info": text or "", "items": items, "parameters": parameters}
+
+
+@route("/refresh-checkpoints", ("POST",))
+async def refresh_checkpoints(api: A1111Api, request: Request):
+    """The studio scans the models folder on every call; nothing to do."""
+    return None
+
+
+@route("/memory")
+async def memory(api: A1111Api, request: Request):
+    """RAM (and CUDA memory where there is a GPU)."""
+    import torch
+
+    ram = {"free": available_ram_bytes(), "total": 0, "used": 0}
+    try:
+        import os
+
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        ram.update(total=total, used=total - ram["free"])
+    except (ValueError, OSError, AttributeError):
+        pass
+    cuda = {"error": "no CUDA device"}
+    if torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        cuda = {"system": {"free": free, "used": total - free, "total": total}}
+    return {"ram": ram, "cuda": cuda}
+
+
+@route("/server-version")
+async def server_version(api: A1111Api, request: Request):
+    """Which server answers."""
+    return {"version": f"studio {__version__}"}
+
+
+def build_routes(services) -> list:
+    """The API's routes for one studio, for the web app's constructor (so they come before Gradio's own)."""
+    api = A1111Api(services)
+    router = APIRouter(prefix=PREFIX)
+    for path, methods, function in ROUTES:
+        router.add_api_route(path, endpoint(api, function), methods=list(methods), response_model=None,
+                             summary=(function.__doc__ or "").strip().split("\n")[0])
+    return list(router.routes)
