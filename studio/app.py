@@ -13,6 +13,7 @@ from studio.history.db import Database
 from studio.history.files import BlobStore
 from studio.history.store import HistoryStore, RecoveryReport
 from studio.jobs import JobRunner
+from studio.queue import JobQueue
 from studio.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class Services:
     registry: ModelRegistry
     models: ModelManager
     runner: JobRunner
+    queue: JobQueue
     recovery: RecoveryReport
 
     def close(self) -> None:
@@ -66,4 +68,4 @@ def build(settings: Settings | None = None) -> Services:
     registry = ModelRegistry(settings)
     models = ModelManager(settings, where, registry)
     runner = JobRunner(models, history, settings)
-    return Services(settings, where, database, history, registry, models, runner, recovery)
+    return Services(settings, where, database, history, registry, models, runner, JobQueue(runner), recovery)

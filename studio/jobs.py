@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -61,23 +62,50 @@ class RunResult:
 
 
 class DeviceLock:
-    """One device, one job at a time, whether the UI, the API or the CLI asked; it knows its holder."""
+    """One device, one job at a time, whether the UI, the API or the CLI asked; it knows its holder.
 
-    def __init__(self):
+    With a path, the lock also holds an flock on that file, so a CLI job in another process on the
+    same data folder waits for the server's run instead of sharing the GPU with it.
+    """
+
+    def __init__(self, path: Path | None = None):
         self._lock = threading.Lock()
         self._holder: int | None = None
+        self._path = path
+        self._file = None
 
     def __enter__(self) -> DeviceLock:
         self._lock.acquire()
+        try:
+            if self._path is not None:
+                import fcntl
+
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self._path, "a+b")
+                fcntl.flock(self._file, fcntl.LOCK_EX)
+        except BaseException:
+            self._close_file()
+            self._lock.release()
+            raise
         self._holder = threading.get_ident()
         return self
 
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing releases the flock
+            self._file = None
+
     def __exit__(self, *exc) -> None:
         self._holder = None
+        self._close_file()
         self._lock.release()
 
     def held_by_current_thread(self) -> bool:
         return self._holder == threading.get_ident()
+
+
+def _ignore(progress: Progress) -> None:
+    """The progress callback of a run nobody watches."""
 
 
 def library_versions() -> dict:
@@ -97,13 +125,9 @@ class JobRunner:
         self.settings = settings
         self.preprocessors = preprocessors or Preprocessors(settings.annotators_dir, settings.offline,
                                                             models.placement.device, settings.pose_detector)
-        self.device_lock = DeviceLock()
+        self.device_lock = DeviceLock(settings.data_dir / "device.lock")
         self._current: CancelToken | None = None
         self._versions: dict | None = None
-        # what a status query sees: the running job's latest progress and how many wait for the device
-        self.progress: Progress | None = None
-        self.jobs_waiting = 0
-        self._counter_lock = threading.Lock()
 
     # -- the path of a run -----------------------------------------------------------------
 
@@ -143,12 +167,13 @@ class JobRunner:
         return token is not None
 
     def run(self, request, on_progress: Callable[[Progress], None] | None = None,
-            cancel: CancelToken | None = None, rerun_of: int | None = None, source: str = "ui") -> RunResult:
+            cancel: CancelToken | None = None, rerun_of: int | None = None, source: str = "ui",
+            queued_at: float | None = None) -> RunResult:
         """Run a request on the device (waiting for it when another job has it) and record it."""
         notices: list[str] = []
         validate(request)  # a bad value is refused at once, not after the current run
         cancel = cancel or CancelToken()
-        with self._waiting_for_device():
+        with self.device_lock:
             request = self._prepare(request, notices)
             mode = generate.MODES[request.mode]
             params, inputs = to_record(request)
@@ -160,40 +185,13 @@ class JobRunner:
             self._current = cancel
             try:
                 # previews cost a decode every few steps: only made when a caller watches the progress
-                result = self._run_locked(request, mode, params, inputs, self._watched(on_progress), cancel,
-                                          rerun_of, source, watching=on_progress is not None)
+                row = {"source": source, "queued_at": None if queued_at is None else
+                       datetime.fromtimestamp(queued_at, timezone.utc)}
+                result = self._run_locked(request, mode, params, inputs, on_progress or _ignore, cancel,
+                                          rerun_of, row, watching=on_progress is not None)
                 return dataclasses.replace(result, notices=tuple(notices))
             finally:
                 self._current = None
-                self.progress = None
-
-    @contextmanager
-    def _waiting_for_device(self) -> Iterator[None]:
-        """Hold the device lock, counting the jobs that wait for it (the API's progress reports them)."""
-        with self._counter_lock:
-            self.jobs_waiting += 1
-        waiting = True
-        try:
-            with self.device_lock:
-                with self._counter_lock:
-                    self.jobs_waiting -= 1
-                waiting = False
-                yield
-        finally:
-            if waiting:  # gave up waiting (an error or an interrupt before the device was free)
-                with self._counter_lock:
-                    self.jobs_waiting -= 1
-
-    def _watched(self, on_progress):
-        """on_progress that also keeps the latest report where progress() can read it."""
-
-        def report(progress: Progress) -> None:
-            self.progress = progress
-            if on_progress is not None:
-                on_progress(progress)
-
-        self.progress = Progress(0.0, "starting")
-        return report
 
     def _parent_of(self, inputs: dict) -> int | None:
         """The run whose output this run starts from: the edited image first, then any other input."""
@@ -204,7 +202,7 @@ class JobRunner:
                 return parent
         return None
 
-    def _run_locked(self, request, mode, params, inputs, on_progress, cancel, rerun_of, source,
+    def _run_locked(self, request, mode, params, inputs, on_progress, cancel, rerun_of, extra_row: dict,
                     watching: bool) -> RunResult:
         started = time.perf_counter()
         model = self.models.load(request.model)
@@ -213,7 +211,7 @@ class JobRunner:
         pipe = self.models.pipeline(mode.pipeline_mode(request), request.model, request.vae, **components)
         pipe.scheduler = make_scheduler(request.sampler, request.karras, dict(pipe.scheduler.config))
         self._vae_tiling(pipe, request)
-        run_id = self.history.start({**self._row(request, model, pipe, params, rerun_of), "source": source}, inputs)
+        run_id = self.history.start({**self._row(request, model, pipe, params, rerun_of), **extra_row}, inputs)
         with self.history.heartbeat(run_id):
             return self._generate(run_id, request, mode, pipe, model, on_progress, cancel, started, load_s, watching)
 

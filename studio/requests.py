@@ -130,19 +130,23 @@ def check_text(value: str, field: str) -> str:
     return value
 
 
-def parse_run_id(value: Any, field: str = "run") -> int:
-    """A run id from a widget or an API call (a number or its digits), or an InputError saying what to send."""
+def parse_id(value: Any, field: str, noun: str, where: str) -> int:
+    """A run or job number from a widget or an API call (a number or its digits), or an InputError."""
     if value is None or value == "":
-        raise InputError("select a run first", field=field)
+        raise InputError(f"select a {noun} first", field=field)
     if isinstance(value, str) and value.strip().lstrip("#").isdigit():
         value = int(value.strip().lstrip("#"))
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InputError(f"{shown(value)} is not a run number; give the # of a run in the History", field=field)
+        raise InputError(f"{shown(value)} is not a {noun} number; give the # of a {noun} in {where}", field=field)
     if not 1 <= value <= MAX_RUN_ID:
-        raise InputError(f"{value} is not a run number; run numbers go from 1 to {MAX_RUN_ID}", field=field)
+        raise InputError(f"{value} is not a {noun} number; {noun} numbers go from 1 to {MAX_RUN_ID}", field=field)
     return value
+
+
+def parse_run_id(value: Any, field: str = "run") -> int:
+    return parse_id(value, field, "run", "the History")
 
 
 @functools.cache

@@ -9,16 +9,12 @@ does not exist, never a traceback.
 from __future__ import annotations
 
 import base64
-import binascii
 import io
-import json
 import logging
-import secrets
 import time
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
 
 from studio import __version__
 from studio.api.a1111_requests import (
@@ -32,102 +28,27 @@ from studio.api.a1111_requests import (
     title_to_name,
     txt2img_request,
 )
+from studio.api.http import ApiContext, bind, route_table
 from studio.engine.devices import available_ram_bytes
 from studio.engine.schedulers import SAMPLER_NAMES
-from studio.errors import HistoryError, InputError, ModelError, NotFound, StudioError
+from studio.errors import InputError
 from studio.infotext import parse_infotext, png_text, read_parameters
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/sdapi/v1"
-# (HTTP status, the "error" word) of each kind of studio error
-STATUS = {InputError: (422, "InvalidInput"), NotFound: (404, "NotFound"), ModelError: (422, "ModelProblem"),
-          HistoryError: (503, "HistoryUnavailable")}
 
 
-class ApiFailure(Exception):
-    """An HTTP answer other than 200, with the A1111-style JSON error body."""
-
-    def __init__(self, status: int, error: str, detail: str, field: str | None = None, headers: dict | None = None):
-        self.status, self.error, self.detail, self.field, self.headers = status, error, detail, field, headers
-
-
-def _error_response(status: int, error: str, detail: str, field: str | None, headers: dict | None = None):
-    return JSONResponse({"error": error, "detail": detail, "field": field}, status_code=status, headers=headers)
-
-
-def endpoint(api, function):
-    """Auth, then the handler; every failure becomes the JSON error body."""
-
-    # not functools.wraps: FastAPI would read the handler's (api, request) signature through __wrapped__
-    async def wrapper(request: Request):
-        try:
-            api.check_auth(request)
-            return await function(api, request)
-        except ApiFailure as failure:
-            return _error_response(failure.status, failure.error, failure.detail, failure.field, failure.headers)
-        except StudioError as error:
-            field = a1111_field(error.field)
-            status, word = next((v for kind, v in STATUS.items() if isinstance(error, kind)), (422, "Refused"))
-            detail = f"{field}: {error.message}" if field else error.message
-            return _error_response(status, word, detail, field)
-        except Exception:  # never a traceback to the caller; the log has it
-            log.exception("the A1111 API failed on %s", request.url.path)
-            return _error_response(500, "ServerError", "the server could not finish this call (an unexpected error, "
-                                                       "written to the server's log)", None)
-
-    wrapper.__name__, wrapper.__doc__ = function.__name__, function.__doc__
-    return wrapper
-
-
-class A1111Api:
-    """The state the routes share: the studio's services and what POST /options set."""
+class A1111Api(ApiContext):
+    """What the A1111 routes share: the studio's services and what POST /options set."""
 
     def __init__(self, services):
-        self.services = services
+        super().__init__(services)
         self.state = ApiState()
-        self.max_body = services.settings.api_max_body_mb * 2**20
 
-    def check_auth(self, request: Request) -> None:
-        expected = self.services.settings.api_auth
-        if not expected:
-            return
-        header = request.headers.get("authorization", "")
-        given = ""
-        if header.lower().startswith("basic "):
-            try:
-                given = base64.b64decode(header[6:]).decode("utf-8")
-            except (binascii.Error, UnicodeDecodeError):
-                given = ""
-        if not secrets.compare_digest(given.encode(), expected.encode()):
-            raise ApiFailure(401, "Unauthorized", "this API needs the user and password given with --api-auth",
-                             headers={"WWW-Authenticate": 'Basic realm="studio"'})
-
-    async def body(self, request: Request) -> dict:
-        """The JSON object a call sent, refusing bodies over the cap before reading them whole."""
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_body:
-            raise self._too_big()
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body:
-                raise self._too_big()
-            chunks.append(chunk)
-        raw = b"".join(chunks)
-        if not raw.strip():
-            return {}
-        try:
-            value = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-            raise ApiFailure(422, "BadRequest", f"the body is not valid JSON ({str(error)[:80]})", "body") from error
-        if not isinstance(value, dict):
-            raise ApiFailure(422, "BadRequest", "the body must be a JSON object", "body")
-        return value
-
-    def _too_big(self) -> ApiFailure:
-        return ApiFailure(413, "TooLarge", f"the body is over {self.max_body // 2**20} MB "
-                          "(STUDIO_API_MAX_BODY_MB); send smaller images", "body")
+    @staticmethod
+    def field_name(field: str | None) -> str | None:
+        return a1111_field(field)
 
     def model_names(self) -> list[str]:
         registry = self.services.registry
@@ -139,23 +60,15 @@ class A1111Api:
     async def generate(self, request: Request, build) -> dict:
         body = await self.body(request)
         studio_request = build(body, self.state, self.model_names(), self.controlnet_names())
-        runner = self.services.runner
-        # a progress callback makes the runner draw live previews for GET /progress
-        result = await run_in_threadpool(runner.run, studio_request, lambda progress: None, None, None, "api")
+        # queued behind the jobs already waiting; a progress callback makes the runner draw live previews
+        result = await run_in_threadpool(self.services.queue.run, studio_request, lambda progress: None, "api")
         record = self.services.history.get(result.run_id)
         send = body.get("send_images", True) is not False
         return response(result, body, record.model_hash, send, ignored_fields(body))
 
 
-# (path, methods, handler) of every route; build_routes binds them to one studio's services
-ROUTES: list[tuple[str, tuple[str, ...], object]] = []
-
-
-def route(path: str, methods: tuple[str, ...] = ("GET",)):
-    def register(function):
-        ROUTES.append((path, methods, function))
-        return function
-    return register
+ROUTES: list = []
+route = route_table(ROUTES)
 
 
 @route("/txt2img", ("POST",))
@@ -273,8 +186,9 @@ async def cmd_flags(api: A1111Api, request: Request):
 @route("/progress")
 async def progress(api: A1111Api, request: Request):
     """The running job: progress, ETA, steps, queue length, the live preview (base64 PNG)."""
-    runner = api.services.runner
-    current = runner.progress
+    job_queue = api.services.queue
+    running = job_queue.running
+    current = running.progress if running is not None else None
     fraction = current.fraction if current else 0.0
     eta = 0.0
     if current and current.started and 0 < fraction < 1:
@@ -287,7 +201,8 @@ async def progress(api: A1111Api, request: Request):
         image = base64.b64encode(buffer.getvalue()).decode()
     return {"progress": round(fraction, 4), "eta_relative": round(eta, 3),
             "state": {"skipped": False, "interrupted": False, "job": "studio" if current else "",
-                      "job_count": (1 if current else 0) + runner.jobs_waiting, "job_timestamp": "0", "job_no": 0,
+                      "job_count": (1 if running else 0) + job_queue.waiting_count(), "job_timestamp": "0",
+                      "job_no": 0,
                       "sampling_step": current.step if current else 0,
                       "sampling_steps": current.total_steps if current else 0},
             "current_image": image, "textinfo": current.message if current else None}
@@ -351,10 +266,5 @@ async def server_version(api: A1111Api, request: Request):
 
 
 def build_routes(services) -> list:
-    """The API's routes for one studio, for the web app's constructor (so they come before Gradio's own)."""
-    api = A1111Api(services)
-    router = APIRouter(prefix=PREFIX)
-    for path, methods, function in ROUTES:
-        router.add_api_route(path, endpoint(api, function), methods=list(methods), response_model=None,
-                             summary=(function.__doc__ or "").strip().split("\n")[0])
-    return list(router.routes)
+    """The A1111 routes bound to one studio."""
+    return bind(ROUTES, A1111Api(services), PREFIX)

@@ -75,6 +75,8 @@ class Run(Base):
     owner: Mapped[str | None] = mapped_column(String(255))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     source: Mapped[str | None] = mapped_column(String(16))  # "ui" | "cli" | "api" (migration 0003)
+    # when the job was queued; created_at is when it started on the device (migration 0004)
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     images: Mapped[list[RunImage]] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True,

@@ -74,6 +74,7 @@ class RunRecord:
     owner: str | None
     heartbeat_at: datetime | None
     source: str | None
+    queued_at: datetime | None
     inputs: tuple[ImageRef, ...] = field(default=())
     outputs: tuple[ImageRef, ...] = field(default=())
 

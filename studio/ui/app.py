@@ -7,7 +7,7 @@ import html
 import gradio as gr
 
 from studio.app import Services
-from studio.ui import control, history, inpaint, models, outpaint, txt2img
+from studio.ui import control, history, inpaint, models, outpaint, queue_panel, txt2img
 from studio.ui.context import UIContext
 from studio.ui.guard import StudioBlocks, guarded
 from studio.ui.models import model_choices, vae_choices
@@ -71,8 +71,10 @@ def build_ui(services: Services) -> gr.Blocks:
                                 elem_id="model-select")
             vae = gr.Dropdown(vae_choices(services), value="Automatic", label="VAE", scale=2, elem_id="vae-select")
         note = gr.Markdown(model_note(services, default), elem_id="model-note", elem_classes=["studio-model-note"])
-        with gr.Tabs(selected="txt2img") as tabs:
-            ctx = UIContext(services, model, vae, tabs)
+        tabs = gr.Tabs(selected="txt2img", render=False)
+        ctx = UIContext(services, model, vae, tabs)
+        queue_panel.build(ctx)  # above the tabs: the same queue whichever tab is open
+        with tabs.render():
             txt2img.build(ctx, native)
             inpaint.build(ctx, native)
             outpaint.build(ctx, native)

@@ -137,7 +137,7 @@ def build(ctx: UIContext, native_size: int) -> None:
         return ControlRequest(**panel.values(data), units=chosen, init_image=data[init_image],
                               denoise_strength=float(data[strength]))
 
-    wire_results(services.runner, make_request, generate, interrupt, panel,
+    wire_results(services, make_request, generate, interrupt, panel,
                  dict(progress=progress, preview=preview, gallery=gallery, info=info, last=last), api_name="control")
 
     for widgets in units:

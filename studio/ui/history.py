@@ -10,9 +10,9 @@ from PIL import Image, ImageDraw
 
 from studio.errors import InputError, StudioError
 from studio.requests import REQUEST_TYPES, parse_run_id
-from studio.ui.context import DEVICE_QUEUE, ImageSender, UIContext
+from studio.ui.context import ImageSender, UIContext
 from studio.ui.guard import guarded, name_input
-from studio.ui.widgets import progress_html, stream_run
+from studio.ui.widgets import follow_job, progress_html
 
 ALL = "all"
 PAGE_SIZE = 60
@@ -200,8 +200,8 @@ def build(ctx: UIContext) -> None:
     @guarded
     def on_rerun(run_id, *filter_values):
         run_id = parse_run_id(run_id)
-        for kind, payload in stream_run(lambda report: runner.rerun(run_id, on_progress=report),
-                                        progress, None):
+        job = services.queue.submit(runner.restore(run_id), "ui", rerun_of=run_id)
+        for kind, payload in follow_job(services.queue, job, progress, None):
             if kind == "progress":
                 yield payload
             else:
@@ -213,8 +213,9 @@ def build(ctx: UIContext) -> None:
     # Gradio's default ("full") progress covers every output for the whole run, eight here with the Runs gallery:
     # a spinner and a ticking timer while it waits (~1000 DOM mutations/s), then a pulsing border, an endless CSS
     # animation repainted every frame. The browser then takes the CPU the sampler needs; the tab's own bar is enough.
+    # the job queue serialises device work: a Re-run pressed while a job runs waits its turn there
     rerun.click(on_rerun, inputs=[selected, *filters], outputs=[*detail_outputs, runs, shown, model, progress],
-                concurrency_id=DEVICE_QUEUE, concurrency_limit=1, api_name="rerun_run", show_progress="minimal",
+                concurrency_limit=None, trigger_mode="multiple", api_name="rerun_run", show_progress="minimal",
                 show_progress_on=progress)
 
     @guarded

@@ -129,7 +129,7 @@ def build(ctx: UIContext, native_size: int) -> None:
                               inpaint_area=data[area], padding=int(data[padding]),
                               denoise_strength=float(data[strength]))
 
-    wire_results(ctx.services.runner, make_request, generate, interrupt, panel,
+    wire_results(ctx.services, make_request, generate, interrupt, panel,
                  dict(progress=progress, preview=preview, gallery=gallery, info=info, last=last), api_name="inpaint")
 
     @guarded

@@ -62,7 +62,7 @@ def build(ctx: UIContext, native_size: int) -> None:
                                denoise_strength=float(data[strength]),
                                **{side: int(data[widget]) for side, widget in sides.items()})
 
-    wire_results(ctx.services.runner, make_request, generate, interrupt, panel,
+    wire_results(ctx.services, make_request, generate, interrupt, panel,
                  dict(progress=progress, preview=preview, gallery=gallery, info=info, last=last),
                  api_name="outpaint")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from studio.api.a1111 import build_routes
+from studio.api import build_routes
 from studio.app import Services, build
 from studio.errors import InputError
 from studio.settings import Settings

@@ -22,7 +22,7 @@ def build(ctx: UIContext, native_size: int) -> None:
                     to_outpaint = gr.Button("Send to outpaint", size="sm", elem_id="txt2img-send-outpaint")
         last = gr.State(None)
 
-    wire_results(ctx.services.runner, lambda data: Txt2ImgRequest(**panel.values(data)), generate, interrupt,
+    wire_results(ctx.services, lambda data: Txt2ImgRequest(**panel.values(data)), generate, interrupt,
                  panel, dict(progress=progress, preview=preview, gallery=gallery, info=info, last=last),
                  api_name="txt2img")
     ctx.restorers["txt2img"] = TabRestore("txt2img", list(panel.fields.values()), panel.updates)

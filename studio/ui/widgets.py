@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 import html
 import queue
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
 
+from studio.errors import NotFound
 from studio.requests import CONTROL_UNIT_SPEC, Txt2ImgRequest, field_spec
 from studio.ui.guard import guarded, name_input, user_error
 
@@ -159,19 +159,21 @@ def selected_image(state: dict | None):
         return image
 
 
-def wire_results(runner, start_request, generate, interrupt, panel, outputs: dict, api_name: str):
+def wire_results(services, start_request, generate, interrupt, panel, outputs: dict, api_name: str):
     """Connect Generate/Interrupt/gallery selection/seed buttons of a generating tab.
 
     start_request: {component: value} -> request. outputs: progress, preview, gallery, info, last.
+    Generate queues the job (a press while another job runs waits its turn, it does not block);
+    Interrupt cancels this tab's job, or stops it when it is running.
     """
-    from studio.ui.context import DEVICE_QUEUE
-
     progress, preview, gallery, info, last = (outputs[k] for k in ("progress", "preview", "gallery", "info", "last"))
+    jobs_of_tab = gr.State([])  # this tab's jobs in this browser session, oldest first
 
     @guarded
     def on_generate(data: dict):
-        request = start_request(data)
-        for kind, payload in stream_run(lambda report: runner.run(request, on_progress=report), progress, preview):
+        job = services.queue.submit(start_request(data), "ui")
+        yield {jobs_of_tab: [*(data[jobs_of_tab] or []), job.id][-20:]}
+        for kind, payload in follow_job(services.queue, job, progress, preview):
             if kind == "progress":
                 yield payload
                 continue
@@ -182,12 +184,28 @@ def wire_results(runner, start_request, generate, interrupt, panel, outputs: dic
                    last: last_run_state(result),
                    progress: progress_html(1, f"run #{result.run_id} {result.status} in {result.duration_s:.1f} s")}
 
-    generate.click(on_generate, inputs=panel.inputs | set(panel.extra.values()),
-                   outputs=[gallery, info, last, progress, preview], concurrency_id=DEVICE_QUEUE,
+    # no concurrency limit here: the job queue serialises the device work, so a second press queues
+    # trigger_mode "multiple": a press while this tab's job runs queues another (Gradio ignores it otherwise)
+    generate.click(on_generate, inputs=panel.inputs | set(panel.extra.values()) | {jobs_of_tab},
+                   outputs=[gallery, info, last, progress, preview, jobs_of_tab], concurrency_limit=None,
+                   trigger_mode="multiple",
                    # Gradio's progress on every output keeps the browser busy (spinners, timers, pulsing
                    # borders) while the run needs the CPU; the tab's own progress bar says enough
-                   concurrency_limit=1, show_progress="minimal", show_progress_on=progress, api_name=api_name)
-    interrupt.click(lambda: runner.cancel() and None, queue=False, api_name=False)
+                   show_progress="minimal", show_progress_on=progress, api_name=api_name)
+
+    def on_interrupt(job_ids):
+        """Stop this tab's running job; with none running, cancel its newest waiting one."""
+        job_ids = job_ids or []
+        running = services.queue.running
+        targets = [running.id] if running is not None and running.id in job_ids else list(reversed(job_ids))
+        for job_id in targets:
+            try:
+                services.queue.cancel(job_id)
+                return
+            except NotFound:  # finished already
+                continue
+
+    interrupt.click(on_interrupt, inputs=jobs_of_tab, queue=False, api_name=False)
 
     def on_select(state, event: gr.SelectData):
         if not state:
@@ -229,40 +247,39 @@ def progress_html(fraction: float, message: str) -> str:
             f'<span>{html.escape(message)}</span></div>')
 
 
-def stream_run(start: Callable[[Callable], Any], progress: gr.components.Component,
-               preview: gr.components.Component | None) -> Iterator[tuple[str, dict | Any]]:
-    """Run `start(on_progress)` in a worker thread, yielding UI updates until it finishes.
+def follow_job(job_queue, job, progress: gr.components.Component,
+               preview: gr.components.Component | None) -> Iterator[tuple[str, Any]]:
+    """UI updates while a queued job waits and runs: ("progress", {component: value}), then ("result", result).
 
-    Yields ("progress", {component: value}) while running and ("result", result) at the end;
-    errors from the run are raised here as gr.Error.
+    Errors of the run are raised here as gr.Error; a job cancelled before it ran ends with a
+    progress line saying so and no result.
     """
     updates: queue.Queue = queue.Queue()
-    outcome: dict[str, Any] = {}
-
-    def work() -> None:
+    job.listeners.append(updates.put)
+    last_wait = None
+    while not job.done.is_set():
         try:
-            outcome["result"] = start(updates.put)
-        except BaseException as error:  # handed to the UI thread below, not swallowed
-            outcome["error"] = error
-        finally:
-            updates.put(None)
-
-    threading.Thread(target=work, daemon=True, name="studio-run").start()
-    finished = False
-    while not finished:
-        items = [updates.get()]
+            items = [updates.get(timeout=0.5)]
+        except queue.Empty:
+            if job.status == "waiting":
+                ahead = next((row["position"] for row in job_queue.jobs() if row["id"] == job.id), None)
+                running = 1 if job_queue.running is not None else 0
+                text = f"job #{job.id} waiting in the queue: {(ahead or 0) + running} ahead"
+                if text != last_wait:  # only what changed goes to the browser
+                    last_wait = text
+                    yield "progress", {progress: progress_html(0, text)}
+            continue
         # Coalesce what piled up while the browser was busy: show only the newest state.
         while not updates.empty():
             items.append(updates.get_nowait())
-        finished = items[-1] is None
-        items = [item for item in items if item is not None]
-        if not items:
-            continue
         update = {progress: progress_html(items[-1].fraction, items[-1].message)}
         previews = [item.preview for item in items if item.preview is not None]
         if previews and preview is not None:
             update[preview] = previews[-1]
         yield "progress", update
-    if "error" in outcome:
-        raise user_error(outcome["error"])
-    yield "result", outcome["result"]
+    if job.error is not None:
+        raise user_error(job.error)
+    if job.result is None:
+        yield "progress", {progress: progress_html(0, f"job #{job.id} was cancelled before it ran")}
+        return
+    yield "result", job.result

@@ -60,14 +60,14 @@ def open_history_and_select(page, run_id: int) -> None:
 
 
 class HeldRerun:
-    """runner.rerun that waits before it starts and again after its first progress report."""
+    """runner.run (what the queue calls for a Re-run) that waits before it starts and after its first report."""
 
     def __init__(self, runner):
-        self.real = runner.rerun
+        self.real = runner.run
         self.start, self.first_step = threading.Event(), threading.Event()
         self.reported = threading.Event()
 
-    def __call__(self, run_id, on_progress=None, **kwargs):
+    def __call__(self, request, on_progress=None, **kwargs):
         self.start.wait(60)
 
         def report(progress):
@@ -76,7 +76,7 @@ class HeldRerun:
                 self.reported.set()
                 self.first_step.wait(60)
 
-        return self.real(run_id, on_progress=report, **kwargs)
+        return self.real(request, on_progress=report, **kwargs)
 
     def release(self):
         self.start.set()
@@ -128,7 +128,7 @@ def test_history_tab_stays_quiet_while_idle_and_while_a_rerun_runs(page, service
     assert quiet_seconds(page) < 50
 
     held = HeldRerun(services.runner)
-    monkeypatch.setattr(services.runner, "rerun", held)
+    monkeypatch.setattr(services.runner, "run", held)
     try:
         page.locator("#history-rerun").click()
         page.wait_for_timeout(1000)

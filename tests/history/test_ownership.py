@@ -3,6 +3,7 @@
 import logging
 import signal
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -18,10 +19,12 @@ from studio.history.store import HistoryStore
 
 
 def test_a_second_process_leaves_a_live_run_alone(settings, tiny_model_dir, caplog, capsys, monkeypatch):
+    """A CLI job started while another process generates: it marks nothing, waits for the device, then runs."""
     from studio.app import build
     from studio.cli import main
 
     child = start_hanging_run(settings.data_dir, tiny_model_dir)
+    cli = {}
     try:
         services = build(settings)
         try:
@@ -30,27 +33,34 @@ def test_a_second_process_leaves_a_live_run_alone(settings, tiny_model_dir, capl
             assert live.owner.split(":")[1] == str(child.pid)
         finally:
             services.close()
-        # a CLI job beside it (the server generating while a script runs): it finishes, the live run stays
         monkeypatch.setenv("STUDIO_DATA_DIR", str(settings.data_dir))
         monkeypatch.setenv("STUDIO_DEVICE", "cpu")
+        args = ["generate", "--prompt", "x", "--steps", "2", "--width", "64", "--height", "64", "--model", "tiny"]
         with caplog.at_level(logging.WARNING):
-            assert main(["generate", "--prompt", "x", "--steps", "2", "--width", "64", "--height", "64",
-                         "--model", "tiny"]) == 0
-        assert "left running by a crash" not in caplog.text
-        services = build(settings)
-        try:
-            statuses = {r.id: r.status for r in services.history.search()}
-            assert statuses == {live.id: "running", live.id + 1: "done"}
-        finally:
-            services.close()
+            thread = threading.Thread(target=lambda: cli.update(code=main(args)))
+            thread.start()
+            time.sleep(3)  # time enough for the CLI to start up and reach the device
+            assert thread.is_alive(), "the CLI job ran beside the other process's run instead of waiting for it"
+            services = build(settings)
+            try:
+                assert {r.id: r.status for r in services.history.search()} == {live.id: "running"}
+            finally:
+                services.close()
+            child.send_signal(signal.SIGKILL)  # the other process stops: its device lock goes with it
+            child.wait(30)
+            thread.join(120)
+        assert cli["code"] == 0
+        assert "left running by a crash" not in caplog.text  # the CLI's start-up left the live run alone
     finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(30)
+        if child.poll() is None:
+            child.send_signal(signal.SIGKILL)
+            child.wait(30)
     # its owner is gone now: the next start-up marks it
     services = build(settings)
     try:
         assert services.recovery.interrupted_runs == [live.id]
         assert services.history.get(live.id).status == "interrupted"
+        assert [r.status for r in services.history.search()] == ["done", "interrupted"]
     finally:
         services.close()
 
