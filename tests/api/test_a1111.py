@@ -18,16 +18,6 @@ from studio.micro.tiny import save_tiny_controlnet
 
 
 @pytest.fixture
-def server(services):
-    from studio.ui.server import launch
-
-    services.settings.port = free_port()
-    demo, url = launch(services, block=False)
-    yield url.rstrip("/")
-    demo.close()
-
-
-@pytest.fixture
 def client(server, services):
     return webuiapi.WebUIApi(host="127.0.0.1", port=services.settings.port, sampler="Euler", steps=2)
 

@@ -5,18 +5,7 @@ import threading
 import urllib.error
 import urllib.request
 
-import pytest
-from tests_support import fast_request, free_port, wait_for
-
-
-@pytest.fixture
-def server(services):
-    from studio.ui.server import launch
-
-    services.settings.port = free_port()
-    demo, url = launch(services, block=False)
-    yield url.rstrip("/")
-    demo.close()
+from tests_support import fast_request, wait_for
 
 
 def call(url: str, path: str, body=None) -> tuple[int, object]:
