@@ -6,12 +6,16 @@ Field names are the studio's own (studio/requests.py), errors the same JSON as t
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 
+from studio.api.a1111_requests import decode_image, png_base64
 from studio.api.http import ApiContext, bind, route_table
 from studio.errors import InputError
-from studio.requests import parse_id, parse_run_id, to_record
+from studio.requests import REQUEST_TYPES, from_record, parse_id, parse_run_id, shown, to_record, validate
 
 PREFIX = "/studio/v1"
 ROUTES: list = []
@@ -30,6 +34,59 @@ def run_summary(record) -> dict:
             "created_at": record.created_at.isoformat(), "parent_id": record.parent_id, "rerun_of": record.rerun_of,
             "starred": record.starred, "error": record.error,
             "outputs": [{"seed": ref.seed, "sha256": ref.sha256} for ref in record.outputs]}
+
+
+def request_from_body(body: dict):
+    """A request in the studio's own words: {"mode": ..., fields..., images as base64, units with images}."""
+    mode = body.get("mode", "txt2img")
+    if mode not in REQUEST_TYPES:
+        raise InputError(f"{shown(mode)} is not one of {', '.join(REQUEST_TYPES)}", field="mode")
+    cls = REQUEST_TYPES[mode]
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(body) - names - {"mode"})
+    if unknown:
+        raise InputError(f"unknown field(s) {', '.join(unknown)}; the {mode} fields are {', '.join(sorted(names))}",
+                         field=unknown[0])
+    params, images = {"mode": mode}, {}
+    for name, value in body.items():
+        if name == "mode":
+            continue
+        hint = typing.get_type_hints(cls)[name]
+        if "Image" in str(hint):
+            if value is not None:
+                images[name] = decode_image(value, name)
+        elif name == "units":
+            if not isinstance(value, list):
+                raise InputError(f"{shown(value)} is not a list of control units", field="units")
+            units = []
+            for index, unit in enumerate(value):
+                if not isinstance(unit, dict):
+                    raise InputError(f"{shown(unit)} is not a control unit", field=f"units[{index}]")
+                plain = dict(unit)
+                for key in ("image", "map"):
+                    if plain.get(key) is not None:
+                        images[f"units.{index}.{key}"] = decode_image(plain.pop(key), f"units[{index}].{key}")
+                    else:
+                        plain.pop(key, None)
+                units.append(plain)
+            params["units"] = units
+        else:
+            params[name] = value
+    try:
+        return validate(from_record(params, images))
+    except TypeError as error:  # a unit with a setting no unit has
+        raise InputError(f"a control unit setting is unknown ({error})", field="units") from error
+
+
+@route("/generate", ("POST",))
+async def generate(api: ApiContext, request: Request):
+    """Any mode in the studio's own field names (studio/requests.py); images base64; queued; answers when done."""
+    body = await api.body(request)
+    studio_request = request_from_body(body)
+    result = await run_in_threadpool(api.services.queue.run, studio_request, lambda progress: None, "api")
+    record = api.services.history.get(result.run_id)
+    return {**run_summary(record), "images": [png_base64(ref.path) for ref in record.outputs],
+            "infotexts": result.infotexts, "notices": list(result.notices)}
 
 
 @route("/queue")

@@ -10,6 +10,8 @@ from studio.ui.app import CSS, SHORTCUTS_JS, build_ui
 
 # Uploads past this are refused by Gradio before they reach the disk; a 8192x8192 PNG stays under it.
 MAX_UPLOAD = "200mb"
+# FastAPI's interactive page of the HTTP APIs (A1111's and the studio's own)
+DOCS_URL, OPENAPI_URL = "/studio/docs", "/studio/openapi.json"
 
 
 def check_api_exposure(settings: Settings) -> None:
@@ -28,7 +30,8 @@ def launch(services: Services, *, open_browser: bool = False, block: bool = True
     demo = build_ui(services)
     demo.queue(default_concurrency_limit=1)
     # the API's routes go into the app's constructor, so they are matched before Gradio's own
-    app_kwargs = {"routes": build_routes(services)} if settings.api else {}
+    app_kwargs = ({"routes": build_routes(services), "docs_url": DOCS_URL, "openapi_url": OPENAPI_URL}
+                  if settings.api else {})
     _app, url, _share = demo.launch(app_kwargs=app_kwargs,
         server_name=settings.bind_host, server_port=settings.port, inbrowser=open_browser, share=False,
         prevent_thread_lock=not block, allowed_paths=[str(settings.blobs_dir)], css=CSS, js=SHORTCUTS_JS,

@@ -5,6 +5,7 @@ import threading
 import urllib.error
 import urllib.request
 
+import pytest
 from tests_support import fast_request, wait_for
 
 
@@ -102,3 +103,65 @@ def test_history_list_show_request_and_rerun(server, services):
     assert again["outputs"][0]["sha256"] == services.history.get(first.run_id).outputs[0].sha256  # same pixels
     assert call(server, "/studio/v1/history/123456") [0] == 404
     assert call(server, "/studio/v1/history/99999999999999999999999")[1]["field"] == "run"
+
+
+def b64_png(image) -> str:
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_generate_in_the_studio_words_for_every_mode(server, services):
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from studio.engine.openpose import draw_body_pose, preset_pose
+    from studio.micro.tiny import save_tiny_controlnet
+
+    status, reply = call(server, "/studio/v1/generate", {"mode": "txt2img", "prompt": "a red circle", "seed": 8,
+                                                         "steps": 2, "width": 64, "height": 64, "sampler": "Euler"})
+    assert status == 200 and reply["mode"] == "txt2img" and reply["source"] == "api" and reply["seeds"] == [8]
+    same = services.runner.run(fast_request(seed=8, prompt="a red circle"))
+    image = Image.open(io.BytesIO(base64.b64decode(reply["images"][0]))).convert("RGB")
+    assert np.array_equal(np.array(image), np.array(same.images[0]))
+    picture = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    status, reply = call(server, "/studio/v1/generate", {"mode": "inpaint", "prompt": "x", "seed": 1, "steps": 2,
+                                                         "image": b64_png(picture), "mask": b64_png(mask),
+                                                         "mask_blur": 0, "sampler": "Euler"})
+    assert status == 200 and reply["mode"] == "inpaint"
+    out = np.array(Image.open(io.BytesIO(base64.b64decode(reply["images"][0]))).convert("RGB"))
+    assert np.array_equal(out[:, 32:], np.array(picture)[:, 32:])
+    save_tiny_controlnet(services.registry.controlnet_dir / "tiny-openpose", seed=1)
+    pose = draw_body_pose(preset_pose("standing", 64, 64), 64, 64)
+    status, reply = call(server, "/studio/v1/generate", {
+        "mode": "control", "prompt": "a figure", "seed": 2, "steps": 2, "width": 64, "height": 64, "sampler": "Euler",
+        "units": [{"type": "pose", "image": b64_png(pose), "preprocess": False, "weight": 0.7}]})
+    assert status == 200 and reply["mode"] == "control"
+    assert services.history.get(reply["run_id"]).params["units"][0]["weight"] == 0.7
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"mode": "paint"}, "mode"), ({"mode": "txt2img", "colour": "red"}, "colour"),
+    ({"mode": "txt2img", "steps": "many"}, "steps"), ({"mode": "inpaint", "image": "bm90"}, "image"),
+    ({"mode": "control", "units": [{"type": "pose", "weight": 9}]}, "units[0].image"),
+    ({"mode": "control", "units": "x"}, "units"),
+])
+def test_generate_refuses_what_it_cannot_run_naming_the_field(server, services, body, field):
+    status, reply = call(server, "/studio/v1/generate", body)
+    assert status == 422 and reply["field"] == field, reply
+    assert services.history.count() == 0
+
+
+def test_the_apis_have_an_openapi_page(server):
+    status, spec = call(server, "/studio/openapi.json")
+    assert status == 200 and "/sdapi/v1/txt2img" in spec["paths"] and "/studio/v1/generate" in spec["paths"]
+    with urllib.request.urlopen(f"{server}/studio/docs", timeout=30) as page:
+        assert page.status == 200 and b"swagger" in page.read().lower()
