@@ -142,19 +142,28 @@ def title_to_name(title: Any, names: list[str], field_name: str) -> str:
     raise InputError(f"unknown model {title!r}; choose one of {', '.join(names)}", field=field_name)
 
 
+# A1111's schedule names; the studio has automatic (the sampler's own) and karras, the rest are ignored
+A1111_SCHEDULES = ("automatic", "uniform", "karras", "exponential", "polyexponential", "sgm_uniform", "kl_optimal",
+                   "align_your_steps", "simple", "normal", "ddim", "beta")
+
+
 def _sampler(body: dict) -> tuple[str, bool | None]:
-    raw = body.get("sampler_name") or body.get("sampler_index") or DEFAULTS["sampler_name"]
+    given = [name for name in ("sampler_name", "sampler_index") if body.get(name) is not None]
+    field_name = given[0] if given else "sampler_name"
+    raw = body[field_name] if given else DEFAULTS["sampler_name"]
     if not isinstance(raw, str):
-        raise InputError(f"{shown(raw)} is not a sampler name", field="sampler_name")
+        raise InputError(f"{shown(raw)} is not a sampler name", field=field_name)
     name, karras_suffix = parse_sampler_name(raw)
     if name not in SAMPLER_NAMES:
-        raise InputError(f"unknown sampler {raw!r}; choose one of {', '.join(SAMPLER_NAMES)}", field="sampler_name")
+        raise InputError(f"unknown sampler {raw!r}; choose one of {', '.join(SAMPLER_NAMES)}", field=field_name)
     scheduler = body.get("scheduler")
-    if scheduler not in (None, "automatic", "Automatic") and not isinstance(scheduler, str):
-        raise InputError(f"{shown(scheduler)} is not a schedule name", field="scheduler")
-    if karras_suffix or (isinstance(scheduler, str) and scheduler.lower() == "karras"):
+    if scheduler is not None and (not isinstance(scheduler, str) or scheduler.lower() not in A1111_SCHEDULES):
+        raise InputError(f"{shown(scheduler)} is not a schedule; choose one of {', '.join(A1111_SCHEDULES)}",
+                         field="scheduler")
+    schedule = (scheduler or "automatic").lower()
+    if karras_suffix or schedule == "karras":
         return name, True
-    if scheduler in (None, "automatic", "Automatic"):
+    if schedule == "automatic":
         return name, None  # the sampler's own default (the studio's: Karras where the sampler has it)
     return name, False
 
@@ -162,6 +171,8 @@ def _sampler(body: dict) -> tuple[str, bool | None]:
 def ignored_fields(body: dict) -> list[str]:
     """The fields of a body that ask for something the studio does not do yet."""
     names = []
+    if isinstance(body.get("scheduler"), str) and body["scheduler"].lower() not in ("automatic", "karras"):
+        names.append("scheduler")
     for name, harmless in UNSUPPORTED.items():
         if name not in body:
             continue

@@ -147,6 +147,42 @@ def test_bad_txt2img_values_are_422_naming_the_field(server, services, body, fie
     assert "Traceback" not in json.dumps(reply) and services.history.count() == 0
 
 
+# every txt2img field the studio honours, and values it must refuse there
+HONOURED = {"prompt": "text", "negative_prompt": "text", "seed": "whole", "steps": "whole", "cfg_scale": "number",
+            "width": "whole", "height": "whole", "batch_size": "whole", "n_iter": "whole",
+            "sampler_name": "name", "sampler_index": "name", "scheduler": "name", "override_settings": "object",
+            "alwayson_scripts": "object"}
+BAD = {"text": [[], {}, 5, "a\ud800"], "whole": [[], {}, "x", 2.5, float("nan"), 10**12, True],
+       "number": [[], {}, "x", float("nan"), float("inf"), 10**12, True], "name": [[], {}, 5, "no such thing"],
+       "object": [[], "x", 5]}
+
+
+def test_every_honoured_txt2img_field_refuses_bad_values_by_name(server, services):
+    problems, sent = [], 0
+    for name, kind in HONOURED.items():
+        for value in BAD[kind]:
+            status, reply = post(server, "txt2img", {"steps": 2, "width": 64, "height": 64, name: value})
+            sent += 1
+            named = reply.get("field") if isinstance(reply, dict) else None
+            if status != 422 or not named or not (named == name or named.startswith(name)):
+                problems.append(f"{name}={value!r:.30}: {status} {str(reply)[:160]}")
+    assert not problems, "\n".join(problems)
+    assert sent >= 60 and services.history.count() == 0
+    assert post(server, "txt2img", {"prompt": "x", "steps": 2, "width": 64, "height": 64})[0] == 200
+
+
+def test_the_other_endpoints_answer_as_a1111_does(server, client, services):
+    assert get(server, "sd-vae") == (200, [])
+    assert get(server, "embeddings") == (200, {"loaded": {}, "skipped": {}})
+    assert get(server, "scripts")[1]["txt2img"] == ["controlnet"]
+    status, memory = get(server, "memory")
+    assert status == 200 and memory["ram"]["total"] > memory["ram"]["free"] > 0
+    assert get(server, "server-version")[1]["version"].startswith("studio ")
+    assert post(server, "refresh-checkpoints", {}) == (200, None)
+    assert post(server, "skip", {}) == (200, None) and post(server, "interrupt", {}) == (200, None)
+    assert client.get_cmd_flags()["api"] is True
+
+
 def test_bodies_that_are_not_requests_are_refused(server, services):
     assert post(server, "txt2img", b"{not json")[0] == 422
     assert post(server, "txt2img", b"[1, 2]")[1]["field"] == "body"
