@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from studio import __version__
-from studio.engine import control, generate, inpainting  # noqa: F401  (they register their modes)
+from studio.engine import control, generate, inpainting, loras  # noqa: F401  (they register their modes)
 from studio.engine.control import Preprocessors, ResolveEnv
 from studio.engine.generate import CancelToken, StepInfo
 from studio.engine.models import ModelManager, out_of_memory
@@ -151,6 +151,7 @@ class JobRunner:
         if request.width is None or request.height is None:
             request = dataclasses.replace(request, width=request.width or native, height=request.height or native)
         request = resolve_seed(request)
+        self.lora_uses(request)  # an unknown or unusable LoRA is refused before anything runs
         pixels = request.width * request.height
         if pixels > self.settings.max_pixels:
             raise InputError(f"{request.width}x{request.height} is {pixels:,} pixels, over the limit of "
@@ -158,6 +159,11 @@ class JobRunner:
         if request.sampler and request.karras and not supports_karras(request.sampler):
             request = dataclasses.replace(request, karras=False)
         return request
+
+    def lora_uses(self, request) -> list[loras.LoraUse]:
+        """The LoRA files the prompt's <lora:name:weight> tags name, with their weights and hashes."""
+        _, tags = loras.parse_tags(request.prompt)
+        return self.models.registry.loras.resolve(tags)
 
     def cancel(self) -> bool:
         """Interrupt the run in progress (if any) after its current step."""
@@ -172,6 +178,8 @@ class JobRunner:
         """Run a request on the device (waiting for it when another job has it) and record it."""
         notices: list[str] = []
         validate(request)  # a bad value is refused at once, not after the current run
+        if rerun_of is not None:  # a re-run needs the LoRA files its run used, unchanged
+            self.models.registry.loras.check_recorded(self.history.get(rerun_of).loras, rerun_of)
         cancel = cancel or CancelToken()
         with self.device_lock:
             request = self._prepare(request, notices)
@@ -211,12 +219,16 @@ class JobRunner:
         pipe = self.models.pipeline(mode.pipeline_mode(request), request.model, request.vae, **components)
         pipe.scheduler = make_scheduler(request.sampler, request.karras, dict(pipe.scheduler.config))
         self._vae_tiling(pipe, request)
-        run_id = self.history.start({**self._row(request, model, pipe, params, rerun_of), **extra_row}, inputs)
+        uses = self.lora_uses(request)
+        row = {**self._row(request, model, pipe, params, rerun_of), **extra_row,
+               "loras": [use.record() for use in uses] or None}
+        run_id = self.history.start(row, inputs)
         with self.history.heartbeat(run_id):
-            return self._generate(run_id, request, mode, pipe, model, on_progress, cancel, started, load_s, watching)
+            return self._generate(run_id, request, mode, pipe, model, on_progress, cancel, started, load_s, watching,
+                                  uses)
 
     def _generate(self, run_id, request, mode, pipe, model, on_progress, cancel, started, load_s,
-                  watching: bool) -> RunResult:
+                  watching: bool, uses: list) -> RunResult:
         try:
             every = self.settings.preview_every
             previews = Previewer(pipe, model.family) if watching and every else None
@@ -232,7 +244,10 @@ class JobRunner:
             sample_started = time.perf_counter()
             sample_clock = time.monotonic()
             try:
-                outcome = generate.run(pipe, request, mode, on_step=on_step, cancel=cancel)
+                with loras.applied(pipe, uses):
+                    # the encoder sees the prompt without its LoRA tags, as in A1111
+                    outcome = generate.run(pipe, request, mode, on_step=on_step, cancel=cancel,
+                                           prompt=loras.parse_tags(request.prompt)[0])
             except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
                 if not out_of_memory(error):
                     raise
@@ -241,7 +256,7 @@ class JobRunner:
                                  f"size {request.batch_size}; use a smaller size or batch, or lower "
                                  "STUDIO_MAX_PIXELS", field="width") from error
             sample_s = time.perf_counter() - sample_started
-            infotexts = [self.infotext(request, model, seed) for seed in outcome.seeds]
+            infotexts = [self.infotext(request, model, seed, uses) for seed in outcome.seeds]
             outputs = [(image, seed, text, self._image_request_json(request, seed))
                        for image, seed, text in zip(outcome.images, outcome.seeds, infotexts)]
             status = "interrupted" if outcome.cancelled else "done"
@@ -281,7 +296,7 @@ class JobRunner:
 
     # -- parameters in and out of PNGs ------------------------------------------------------
 
-    def infotext(self, request, model, seed: int) -> str:
+    def infotext(self, request, model, seed: int, uses: list | None = None) -> str:
         """The A1111 `parameters` text of one output image."""
         pairs = {
             "Steps": request.steps,
@@ -295,6 +310,8 @@ class JobRunner:
             "VAE": request.vae,
         }
         pairs.update(generate.MODES[request.mode].infotext_pairs(request))
+        if uses:
+            pairs["Lora hashes"] = ", ".join(f"{use.name}: {use.short_hash}" for use in uses)
         pairs["Version"] = f"studio {__version__}"
         return format_infotext(request.prompt, request.negative_prompt, pairs)
 
@@ -319,6 +336,8 @@ class JobRunner:
             raise InputError("this image carries no generation parameters (no PNG 'parameters' text)",
                              field="png")
         parsed = parse_infotext(text)
+        parsed["prompt"] = loras.restore_tags(parsed["prompt"], parsed["extra"].get("Lora hashes"),
+                                              self.models.registry.loras)
         fields = {f.name for f in dataclasses.fields(Txt2ImgRequest)}
         values = {k: v for k, v in parsed.items() if k in fields}
         if values.get("model") and values["model"] not in self.models.registry.entries():

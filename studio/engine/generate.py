@@ -106,8 +106,11 @@ class Outcome:
 
 
 def run(pipe, request, mode: Mode, *, on_step: Callable[[StepInfo], None] | None = None,
-        cancel: CancelToken | None = None) -> Outcome:
-    """Run every batch of a request; stops between steps when cancelled, keeping finished images."""
+        cancel: CancelToken | None = None, prompt: str | None = None) -> Outcome:
+    """Run every batch of a request; stops between steps when cancelled, keeping finished images.
+
+    prompt: the text the encoder sees, when it differs from the request's (LoRA tags removed).
+    """
     seeds = request.seeds()
     plan = mode.plan(request, pipe)
     images: list[Image.Image] = []
@@ -130,7 +133,7 @@ def run(pipe, request, mode: Mode, *, on_step: Callable[[StepInfo], None] | None
             return tensors
 
         result = pipe(
-            prompt=request.prompt,
+            prompt=request.prompt if prompt is None else prompt,
             negative_prompt=request.negative_prompt or None,
             num_inference_steps=request.steps,
             guidance_scale=request.cfg_scale,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from studio.engine.checkpoints import PICKLE_SUFFIXES, inspect_checkpoint, read_header, refuse_pickle
+from studio.engine.loras import LoraLibrary
 from studio.errors import ModelError, NotFound
 from studio.fileio import atomic_write, read_json
 from studio.settings import ASSETS_DIR, Settings
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 EMBEDDED_MODELS_DIR = ASSETS_DIR / "models"
 EMBEDDED_MODEL = "micro-sd"
+EMBEDDED_LORAS_DIR = ASSETS_DIR / "loras"  # LoRAs trained for the embedded model
 # The embedded ControlNets, by control type: the defaults for the embedded model.
 EMBEDDED_CONTROLNETS = {"pose": "micro-controlnet-pose", "depth": "micro-controlnet-depth"}
 # Words in a ControlNet's file name that tell its control type (A1111 names: control_v11p_sd15_openpose).
@@ -191,6 +193,7 @@ class ModelRegistry:
         self._registry_path = settings.data_dir / "models.json"
         self._problems: dict[str, tuple[list, str | None]] = {}  # location -> (stamp, reason)
         self._lock = threading.Lock()
+        self.loras = LoraLibrary(settings.models_dir / "Lora", EMBEDDED_LORAS_DIR)
 
     @property
     def checkpoints_dir(self) -> Path:

@@ -77,6 +77,8 @@ class Run(Base):
     source: Mapped[str | None] = mapped_column(String(16))  # "ui" | "cli" | "api" (migration 0003)
     # when the job was queued; created_at is when it started on the device (migration 0004)
     queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # the LoRAs it used: [{name, weight, hash}] (migration 0005)
+    loras: Mapped[list | None] = mapped_column(JSON)
 
     images: Mapped[list[RunImage]] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True,

@@ -75,6 +75,7 @@ class RunRecord:
     heartbeat_at: datetime | None
     source: str | None
     queued_at: datetime | None
+    loras: list | None
     inputs: tuple[ImageRef, ...] = field(default=())
     outputs: tuple[ImageRef, ...] = field(default=())
 
