@@ -346,14 +346,14 @@ class StyleBook:
                                  "folder that holds it", field="styles_file")
         elif not source.exists():
             raise InputError(f"{source} does not exist", field="styles_file")
-        table = _parse(read_limited(source, MAX_STYLES_BYTES, "styles_file", "a styles file"), str(source),
-                       "styles_file", strict_names=True)
-        if table is None:
-            raise InputError(f"{source} is empty; an A1111 styles.csv starts with name,prompt,negative_prompt",
-                             field="styles_file")
         added = skipped = renamed = 0
         with self._lock:
-            self._writable()
+            self._writable()  # before reading the other file: a merge into an unreadable one is refused anyway
+            table = _parse(read_limited(source, MAX_STYLES_BYTES, "styles_file", "a styles file"), str(source),
+                           "styles_file", strict_names=True)
+            if table is None:
+                raise InputError(f"{source} is empty; an A1111 styles.csv starts with name,prompt,negative_prompt",
+                                 field="styles_file")
             mine = self._table.copy()
             current = dict(self._styles)
             for style in table.styles().values():

@@ -36,6 +36,9 @@ _EDGES = " \t\r\n,"
 
 def template_values(values: Mapping[str, Any] | None) -> dict[str, str]:
     """Every template field as text (a missing or None field is empty); unknown keys and non-text are refused."""
+    if values is not None and not isinstance(values, Mapping):
+        raise InputError(f"{shown(values)} is not a template (an object of {', '.join(TEMPLATE_FIELD_NAMES)})",
+                         field="template")
     values = dict(values or {})
     unknown = sorted(set(values) - set(TEMPLATE_FIELD_NAMES), key=str)
     if unknown:

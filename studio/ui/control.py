@@ -12,6 +12,7 @@ from PIL import Image
 from studio.engine import openpose
 from studio.engine.control import pose_map_from_keypoints, read_pose_json
 from studio.requests import CONTROL_UNIT_SPEC, MAX_CONTROL_UNITS, ControlRequest, control_unit
+from studio.ui import prompt_tools
 from studio.ui.context import DEVICE_QUEUE, TabRestore, UIContext
 from studio.ui.guard import guarded, name_input
 from studio.ui.widgets import field_widget, generation_panel, result_widgets, tab_header, unit_widget, wire_results
@@ -113,6 +114,7 @@ def build(ctx: UIContext, native_size: int) -> None:
     services = ctx.services
     with gr.Tab("ControlNet", id="control"):
         prompt, negative, generate, interrupt = tab_header("control")
+        prompt_tools.build(ctx, "control", prompt)
         with gr.Row():
             with gr.Column(scale=1):
                 units = [UnitWidgets(i, services) for i in range(MAX_CONTROL_UNITS)]

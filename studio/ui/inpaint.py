@@ -8,6 +8,7 @@ from PIL import Image
 from studio.engine import imaging
 from studio.errors import InputError
 from studio.requests import InpaintRequest
+from studio.ui import prompt_tools
 from studio.ui.context import ImageReceiver, ImageSender, TabRestore, UIContext
 from studio.ui.guard import guarded, name_input
 from studio.ui.widgets import field_widget, generation_panel, result_widgets, selected_image, tab_header, wire_results
@@ -82,6 +83,7 @@ def build(ctx: UIContext, native_size: int) -> None:
     cls = InpaintRequest
     with gr.Tab("Inpaint", id="inpaint"):
         prompt, negative, generate, interrupt = tab_header("inpaint")
+        prompt_tools.build(ctx, "inpaint", prompt)
         with gr.Row():
             with gr.Column(scale=1):
                 editor = gr.ImageEditor(

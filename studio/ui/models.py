@@ -28,6 +28,15 @@ def controlnet_rows(services) -> list[list]:
             for e in registry.controlnet_entries().values()]
 
 
+LORA_COLUMNS = ["LoRA", "hash", "size", "location", "problem"]
+
+
+def lora_rows(services) -> list[list]:
+    return [[row["name"], row["hash"] or "", f"{row['size_bytes'] / 1e6:.2f} MB", row["path"],
+             f"cannot be used: {row['problem']}" if row["problem"] else ""]
+            for row in services.registry.loras.describe()]
+
+
 def model_choices(services) -> list[tuple[str, str]]:
     return [(entry.label, entry.name) for entry in services.registry.entries().values()]
 
@@ -41,13 +50,15 @@ def build(ctx: UIContext) -> None:
     models, registry = services.models, services.registry
     with gr.Tab("Models", id="models"):
         gr.Markdown(f"Checkpoints are read from `{registry.checkpoints_dir}`, VAEs from `{registry.vae_dir}` and "
-                    f"ControlNets from `{registry.controlnet_dir}` (A1111 layout). Pick the active model and VAE "
+                    f"ControlNets from `{registry.controlnet_dir}`, LoRAs from `{registry.loras.folder}` (A1111 layout). Pick the active model and VAE "
                     "at the top of the page.")
         table = gr.Dataframe(model_rows(services), headers=COLUMNS, interactive=False, wrap=True,
                              elem_id="models-table")
         controlnets = gr.Dataframe(controlnet_rows(services), headers=["ControlNet", "source", "location",
                                                                        "description", "problem"],
                                    interactive=False, wrap=True, elem_id="models-controlnets")
+        loras = gr.Dataframe(lora_rows(services), headers=LORA_COLUMNS, interactive=False, wrap=True,
+                             elem_id="models-loras")
         with gr.Row():
             path = gr.Textbox(label="Add a model: path to a .safetensors file or diffusers folder, or a hub id "
                                     "(online machines only)", scale=4, elem_id="models-path")
@@ -74,10 +85,10 @@ def build(ctx: UIContext) -> None:
 
     @guarded
     def on_refresh():
-        return {table: model_rows(services), controlnets: controlnet_rows(services),
+        return {table: model_rows(services), controlnets: controlnet_rows(services), loras: lora_rows(services),
                 ctx.model: gr.update(choices=model_choices(services)), ctx.vae: gr.update(choices=vae_choices(services))}
 
-    refresh.click(on_refresh, outputs=[table, controlnets, ctx.model, ctx.vae], api_name=False)
+    refresh.click(on_refresh, outputs=[table, controlnets, loras, ctx.model, ctx.vae], api_name=False)
 
     @guarded
     def on_unload():

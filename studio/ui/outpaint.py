@@ -8,6 +8,7 @@ from PIL import Image
 from studio.engine import imaging
 from studio.errors import InputError
 from studio.requests import OutpaintRequest
+from studio.ui import prompt_tools
 from studio.ui.context import ImageReceiver, ImageSender, TabRestore, UIContext
 from studio.ui.guard import guarded, name_input
 from studio.ui.widgets import field_widget, generation_panel, result_widgets, selected_image, tab_header, wire_results
@@ -19,6 +20,7 @@ def build(ctx: UIContext, native_size: int) -> None:
     cls = OutpaintRequest
     with gr.Tab("Outpaint", id="outpaint"):
         prompt, negative, generate, interrupt = tab_header("outpaint")
+        prompt_tools.build(ctx, "outpaint", prompt)
         with gr.Row():
             with gr.Column(scale=1):
                 image = gr.Image(type="pil", format="png", label="Image to extend", sources=["upload", "clipboard"],

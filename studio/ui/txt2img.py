@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.requests import Txt2ImgRequest
+from studio.ui import prompt_tools
 from studio.ui.context import ImageSender, TabRestore, UIContext
 from studio.ui.widgets import generation_panel, result_widgets, selected_image, tab_header, wire_results
 
@@ -12,6 +13,7 @@ from studio.ui.widgets import generation_panel, result_widgets, selected_image, 
 def build(ctx: UIContext, native_size: int) -> None:
     with gr.Tab("txt2img", id="txt2img"):
         prompt, negative, generate, interrupt = tab_header("txt2img")
+        prompt_tools.build(ctx, "txt2img", prompt)
         with gr.Row():
             with gr.Column(scale=1):
                 panel = generation_panel("txt2img", ctx.model, ctx.vae, native_size, prompt, negative)
