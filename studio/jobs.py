@@ -104,6 +104,29 @@ class DeviceLock:
         return self._holder == threading.get_ident()
 
 
+def hires_from_infotext(parsed: dict) -> dict:
+    """The Hires. fix fields of an A1111 infotext (its denoising strength is the second pass's)."""
+    extra = parsed.get("extra", {})
+    if not any(key in extra for key in ("Hires upscale", "Hires resize", "Hires upscaler")):
+        return {}
+    values: dict = {"enable_hr": True}
+    try:
+        if "Hires upscale" in extra:
+            values["hr_scale"] = float(extra["Hires upscale"])
+        if "Hires resize" in extra and "x" in extra["Hires resize"]:
+            width, height = extra["Hires resize"].split("x", 1)
+            values["hr_resize_x"], values["hr_resize_y"] = int(width), int(height)
+        if "Hires steps" in extra:
+            values["hr_second_pass_steps"] = int(extra["Hires steps"])
+    except ValueError:
+        return {}
+    if extra.get("Hires upscaler"):
+        values["hr_upscaler"] = extra["Hires upscaler"]
+    if "denoise_strength" in parsed:
+        values["hr_denoise_strength"] = parsed["denoise_strength"]
+    return values
+
+
 def _ignore(progress: Progress) -> None:
     """The progress callback of a run nobody watches."""
 
@@ -156,9 +179,21 @@ class JobRunner:
         if pixels > self.settings.max_pixels:
             raise InputError(f"{request.width}x{request.height} is {pixels:,} pixels, over the limit of "
                              f"{self.settings.max_pixels:,} (STUDIO_MAX_PIXELS); use a smaller size", field="width")
+        if getattr(request, "enable_hr", False):
+            self._check_hires(request)
         if request.sampler and request.karras and not supports_karras(request.sampler):
             request = dataclasses.replace(request, karras=False)
         return request
+
+    def _check_hires(self, request) -> None:
+        upscalers = self.models.registry.upscalers
+        if request.hr_upscaler not in upscalers.names():
+            raise InputError(f"{request.hr_upscaler!r} is not an upscaler here; pick one of: "
+                             f"{', '.join(upscalers.names())}", field="hr_upscaler")
+        width, height = request.hires_size()
+        if width * height > self.settings.max_pixels:
+            raise InputError(f"Hires. fix to {width}x{height} is {width * height:,} pixels, over the limit of "
+                             f"{self.settings.max_pixels:,} (STUDIO_MAX_PIXELS); lower Upscale by", field="hr_scale")
 
     def lora_uses(self, request) -> list[loras.LoraUse]:
         """The LoRA files the prompt's <lora:name:weight> tags name, with their weights and hashes."""
@@ -218,6 +253,12 @@ class JobRunner:
         components = mode.components(request, self.models)
         pipe = self.models.pipeline(mode.pipeline_mode(request), request.model, request.vae, **components)
         pipe.scheduler = make_scheduler(request.sampler, request.karras, dict(pipe.scheduler.config))
+        hires = None
+        if getattr(request, "enable_hr", False):
+            second = self.models.pipeline("img2img", request.model, request.vae)
+            second.scheduler = make_scheduler(request.sampler, request.karras, dict(second.scheduler.config))
+            self._vae_tiling(second, request, *request.hires_size())
+            hires = generate.HiresTools(second, self.models.registry.upscalers, self.models.placement.device)
         self._vae_tiling(pipe, request)
         uses = self.lora_uses(request)
         row = {**self._row(request, model, pipe, params, rerun_of), **extra_row,
@@ -225,10 +266,10 @@ class JobRunner:
         run_id = self.history.start(row, inputs)
         with self.history.heartbeat(run_id):
             return self._generate(run_id, request, mode, pipe, model, on_progress, cancel, started, load_s, watching,
-                                  uses)
+                                  uses, hires)
 
     def _generate(self, run_id, request, mode, pipe, model, on_progress, cancel, started, load_s,
-                  watching: bool, uses: list) -> RunResult:
+                  watching: bool, uses: list, hires=None) -> RunResult:
         try:
             every = self.settings.preview_every
             previews = Previewer(pipe, model.family) if watching and every else None
@@ -247,7 +288,7 @@ class JobRunner:
                 with loras.applied(pipe, uses):
                     # the encoder sees the prompt without its LoRA tags, as in A1111
                     outcome = generate.run(pipe, request, mode, on_step=on_step, cancel=cancel,
-                                           prompt=loras.parse_tags(request.prompt)[0])
+                                           prompt=loras.parse_tags(request.prompt)[0], hires=hires)
             except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
                 if not out_of_memory(error):
                     raise
@@ -274,9 +315,9 @@ class JobRunner:
         return RunResult(run_id, status, request, outcome.seeds, outcome.images, refs, infotexts,
                          time.perf_counter() - started)
 
-    def _vae_tiling(self, pipe, request) -> None:
+    def _vae_tiling(self, pipe, request, width: int | None = None, height: int | None = None) -> None:
         # Large canvases decode tile by tile so memory stays bounded instead of running out.
-        if request.width * request.height > self.settings.vae_tiling_pixels:
+        if (width or request.width) * (height or request.height) > self.settings.vae_tiling_pixels:
             pipe.vae.enable_tiling()
         else:
             pipe.vae.disable_tiling()
@@ -310,6 +351,15 @@ class JobRunner:
             "VAE": request.vae,
         }
         pairs.update(generate.MODES[request.mode].infotext_pairs(request))
+        if getattr(request, "enable_hr", False):
+            pairs["Denoising strength"] = f"{request.hr_denoise_strength:g}"
+            if request.hr_resize_x or request.hr_resize_y:
+                pairs["Hires resize"] = "{}x{}".format(*request.hires_size())
+            else:
+                pairs["Hires upscale"] = f"{request.hr_scale:g}"
+            if request.hr_second_pass_steps:
+                pairs["Hires steps"] = request.hr_second_pass_steps
+            pairs["Hires upscaler"] = request.hr_upscaler
         if uses:
             pairs["Lora hashes"] = ", ".join(f"{use.name}: {use.short_hash}" for use in uses)
         pairs["Version"] = f"studio {__version__}"
@@ -340,6 +390,7 @@ class JobRunner:
                                               self.models.registry.loras)
         fields = {f.name for f in dataclasses.fields(Txt2ImgRequest)}
         values = {k: v for k, v in parsed.items() if k in fields}
+        values.update(hires_from_infotext(parsed))
         if values.get("model") and values["model"] not in self.models.registry.entries():
             values["model"] = self._model_by_hash(parsed.get("model_hash"))
         if values.get("sampler") and values["sampler"] not in SAMPLER_NAMES:

@@ -64,6 +64,14 @@ class Txt2ImgRequest:
     batch_size: int = spec(1, "Batch size", min=1, max=8, step=1, help="images per pipeline call")
     batch_count: int = spec(1, "Batch count", min=1, max=100, step=1, help="pipeline calls in a row")
     parent_run_id: int | None = spec(None, "Parent run", help="the run this one derives from")
+    # Hires. fix (A1111's names and defaults): a first pass at width x height, then an img2img pass at the big size
+    enable_hr: bool = spec(False, "Hires. fix", help="upscale the first pass and repaint it at the big size")
+    hr_upscaler: str = spec("Latent", "Upscaler", help="Latent modes, Lanczos, Nearest or a model from models/ESRGAN")
+    hr_scale: float = spec(2.0, "Upscale by", min=1.0, max=4.0, step=0.05)
+    hr_resize_x: int = spec(0, "Resize width to", min=0, max=4096, step=8, help="0 = width x Upscale by")
+    hr_resize_y: int = spec(0, "Resize height to", min=0, max=4096, step=8, help="0 = height x Upscale by")
+    hr_second_pass_steps: int = spec(0, "Hires steps", min=0, max=150, step=1, help="0 = the sampling steps")
+    hr_denoise_strength: float = spec(0.7, "Hires denoising strength", min=0.0, max=1.0, step=0.01)
 
     def __post_init__(self):
         # null is the API's documented default for the prompts: it means no text
@@ -74,6 +82,28 @@ class Txt2ImgRequest:
     @property
     def image_count(self) -> int:
         return self.batch_size * self.batch_count
+
+    def hires_size(self) -> tuple[int, int]:
+        """The second pass's width and height (A1111: resize-to wins; one side 0 keeps the aspect)."""
+        width, height = self.width, self.height
+        if self.hr_resize_x or self.hr_resize_y:
+            target_w = self.hr_resize_x or round(self.hr_resize_y * width / height)
+            target_h = self.hr_resize_y or round(self.hr_resize_x * height / width)
+        else:
+            target_w, target_h = round(width * self.hr_scale), round(height * self.hr_scale)
+        return max(64, target_w // 8 * 8), max(64, target_h // 8 * 8)
+
+    def hires_steps(self) -> int:
+        return self.hr_second_pass_steps or self.steps
+
+    def validate_hires(self) -> None:
+        if not self.enable_hr:
+            return
+        if self.mode != "txt2img":
+            raise InputError("is a txt2img option; turn it off here, or upscale the result instead", field="enable_hr")
+        if int(self.hires_steps() * self.hr_denoise_strength) < 1:
+            raise InputError(f"{self.hr_denoise_strength:g} x {self.hires_steps()} hires steps leaves no denoising "
+                             "step; raise the strength or the hires steps", field="hr_denoise_strength")
 
     def seeds(self) -> list[int]:
         """Seed of every image, A1111 style: consecutive from the first (wrapping at 2**32)."""
@@ -205,7 +235,8 @@ def validate(request: Any) -> Any:
     for f in dataclasses.fields(request):
         if f.metadata.get("min") is not None or f.metadata.get("max") is not None:
             _check_range(request, f.name)
-    for name in ("steps", "width", "height", "seed", "batch_size", "batch_count"):
+    for name in ("steps", "width", "height", "seed", "batch_size", "batch_count", "hr_resize_x", "hr_resize_y",
+                 "hr_second_pass_steps"):
         value = getattr(request, name)
         if value is not None and int(value) != value:
             raise InputError(f"{value} is not a whole number", field=name)
@@ -219,6 +250,7 @@ def validate(request: Any) -> Any:
         if choices and getattr(request, f.name) not in choices:
             raise InputError(f"{shown(getattr(request, f.name))} is unknown; choose one of "
                              f"{', '.join(map(str, choices))}", field=f.name)
+    request.validate_hires()
     extra = getattr(request, "validate_mode", None)
     if extra is not None:
         extra()

@@ -105,14 +105,29 @@ class Outcome:
     cancelled: bool
 
 
+@dataclass
+class HiresTools:
+    """What a Hires. fix second pass needs besides the first pass's pipeline."""
+
+    pipe: Any  # the img2img pipeline sharing the model's weights
+    upscalers: Any  # engine.upscalers.UpscalerRegistry
+    device: Any = "cpu"
+
+
 def run(pipe, request, mode: Mode, *, on_step: Callable[[StepInfo], None] | None = None,
-        cancel: CancelToken | None = None, prompt: str | None = None) -> Outcome:
+        cancel: CancelToken | None = None, prompt: str | None = None, hires: HiresTools | None = None) -> Outcome:
     """Run every batch of a request; stops between steps when cancelled, keeping finished images.
 
     prompt: the text the encoder sees, when it differs from the request's (LoRA tags removed).
+    hires: with request.enable_hr, each batch's first pass is upscaled and repainted (engine/hires.py).
     """
+    from studio.engine import hires as hires_fix
+
     seeds = request.seeds()
     plan = mode.plan(request, pipe)
+    text = request.prompt if prompt is None else prompt
+    two_passes = bool(getattr(request, "enable_hr", False)) and hires is not None
+    second_steps = int(request.hires_steps() * request.hr_denoise_strength) if two_passes else 0
     images: list[Image.Image] = []
     used_seeds: list[int] = []
     cancelled = False
@@ -122,18 +137,19 @@ def run(pipe, request, mode: Mode, *, on_step: Callable[[StepInfo], None] | None
             # DPM++ SDE draws Brownian noise from its own seed, random unless set: tie it to ours
             pipe.scheduler.noise_sampler_seed = batch_seeds[0]
 
-        def step_end(pipeline, step, _timestep, tensors, batch=batch):
+        def step_end(pipeline, step, _timestep, tensors, batch=batch, offset=0):
             nonlocal cancelled
             if cancel is not None and cancel.cancelled:
                 cancelled = True
                 pipeline._interrupt = True  # diffusers skips the remaining steps and decodes
             if on_step is not None:
-                total = getattr(pipeline, "_num_timesteps", None) or request.steps
-                on_step(StepInfo(batch, request.batch_count, step + 1, total, tensors.get("latents")))
+                total = (request.steps + second_steps if two_passes else
+                         getattr(pipeline, "_num_timesteps", None) or request.steps)
+                on_step(StepInfo(batch, request.batch_count, offset + step + 1, total, tensors.get("latents")))
             return tensors
 
         result = pipe(
-            prompt=request.prompt if prompt is None else prompt,
+            prompt=text,
             negative_prompt=request.negative_prompt or None,
             num_inference_steps=request.steps,
             guidance_scale=request.cfg_scale,
@@ -141,10 +157,21 @@ def run(pipe, request, mode: Mode, *, on_step: Callable[[StepInfo], None] | None
             generator=[cpu_generator(seed) for seed in batch_seeds],
             callback_on_step_end=step_end,
             callback_on_step_end_tensor_inputs=["latents"],
-            output_type="pil",
+            output_type="latent" if two_passes else "pil",
             **plan.kwargs,
         )
-        images.extend(mode.finish(list(result.images), request, plan))
+        batch_images = list(result.images)
+        if two_passes:
+            if cancelled or (cancel is not None and cancel.cancelled):
+                batch_images = hires_fix.decode(pipe, result.images)  # interrupted: the first pass is what there is
+            else:
+                if hasattr(hires.pipe.scheduler, "noise_sampler_seed"):
+                    hires.pipe.scheduler.noise_sampler_seed = batch_seeds[0]
+                image = hires_fix.second_pass_input(pipe, result.images, request, hires.upscalers, hires.device)
+                batch_images = hires_fix.run_second_pass(
+                    hires.pipe, image, request, text, batch_seeds,
+                    lambda p, i, t, tensors, batch=batch: step_end(p, i, t, tensors, batch, request.steps))
+        images.extend(mode.finish(batch_images, request, plan))
         used_seeds.extend(batch_seeds)
         if cancelled or (cancel is not None and cancel.cancelled):
             cancelled = True

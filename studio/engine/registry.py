@@ -16,6 +16,7 @@ from pathlib import Path
 
 from studio.engine.checkpoints import PICKLE_SUFFIXES, inspect_checkpoint, read_header, refuse_pickle
 from studio.engine.loras import LoraLibrary
+from studio.engine.upscalers import UpscalerRegistry
 from studio.errors import ModelError, NotFound
 from studio.fileio import atomic_write, read_json
 from studio.settings import ASSETS_DIR, Settings
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 EMBEDDED_MODELS_DIR = ASSETS_DIR / "models"
 EMBEDDED_MODEL = "micro-sd"
 EMBEDDED_LORAS_DIR = ASSETS_DIR / "loras"  # LoRAs trained for the embedded model
+EMBEDDED_UPSCALERS_DIR = ASSETS_DIR / "upscalers"  # the upscaler trained on the embedded model's world
 # The embedded ControlNets, by control type: the defaults for the embedded model.
 EMBEDDED_CONTROLNETS = {"pose": "micro-controlnet-pose", "depth": "micro-controlnet-depth"}
 # Words in a ControlNet's file name that tell its control type (A1111 names: control_v11p_sd15_openpose).
@@ -33,6 +35,12 @@ PLACEHOLDER_MODEL = "placeholder-untrained"
 WEIGHT_SUFFIXES = (".safetensors",)
 # Components of a diffusers folder that carry weights (the others are configs, tokenizers, schedulers).
 WEIGHTED_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "controlnet")
+
+
+def embedded_upscalers() -> dict[str, Path]:
+    if not EMBEDDED_UPSCALERS_DIR.is_dir():
+        return {}
+    return {path.stem: path for path in sorted(EMBEDDED_UPSCALERS_DIR.glob("*.safetensors"))}
 
 
 @dataclass(frozen=True)
@@ -194,6 +202,7 @@ class ModelRegistry:
         self._problems: dict[str, tuple[list, str | None]] = {}  # location -> (stamp, reason)
         self._lock = threading.Lock()
         self.loras = LoraLibrary(settings.models_dir / "Lora", EMBEDDED_LORAS_DIR)
+        self.upscalers = UpscalerRegistry(settings.models_dir, extra=embedded_upscalers())
 
     @property
     def checkpoints_dir(self) -> Path:

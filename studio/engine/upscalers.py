@@ -45,6 +45,9 @@ MODEL_SUFFIXES = (".safetensors", ".pth")  # safetensors first: the safer copy w
 CACHE_SIZE = 2  # loaded nets; real ones are 5-150 MB each and Hires. fix uses one at a time
 MAX_PASSES = 4  # a 2x net reaches 16x in 4 passes; Lanczos covers whatever is still missing
 MIN_TILE = 16
+# spandrel's purposes other than "SR", in words for the refusal
+PURPOSES = {"FaceSR": "face restoration", "Restoration": "restoration (1x: denoising, deblurring, JPEG)",
+            "Inpainting": "inpainting"}
 
 
 class UpscalerRegistry:
@@ -212,8 +215,9 @@ def load_upscaler_file(path: Path) -> ImageModelDescriptor:
         raise ModelError(f"{path.name} is not an upscaler architecture spandrel knows (its weights do not fit "
                          "the architecture they resemble); re-download it", field=FIELD) from error
     if not isinstance(model, ImageModelDescriptor) or model.purpose != "SR":
-        raise ModelError(f"{path.name} is a {model.architecture.name} model for {model.purpose.lower()}, not "
-                         "a super-resolution upscaler; use it elsewhere or pick an upscaler model", field=FIELD)
+        purpose = PURPOSES.get(model.purpose, str(model.purpose))
+        raise ModelError(f"{path.name} is a {model.architecture.name} model for {purpose}, not a "
+                         "super-resolution upscaler; pick an upscaler model instead", field=FIELD)
     if not (isinstance(model.scale, int) and model.scale >= 1):
         raise ModelError(f"{path.name} has no whole upscaling factor, so it cannot upscale", field=FIELD)
     if model.input_channels != 3 or model.output_channels != 3:
@@ -236,7 +240,8 @@ def upscale_image(image: Image.Image, name: str, scale: float, registry: Upscale
     """`image` resized by `scale` (round(w*scale) x round(h*scale)) with a pixel or model upscaler.
 
     A net whose factor is smaller than asked runs again on its own output (at most MAX_PASSES times), then
-    Lanczos makes the exact size. Sides over `tile` pixels run in overlapping tiles (tile=0: never).
+    Lanczos makes the exact size. Sides over `tile` pixels run in overlapping tiles (tile=0: never). A model
+    returns RGB, or RGBA with the alpha Lanczos-resized when the input has one; a built-in keeps the mode.
     """
     size = target_size(image, scale)
     kind = registry.kind(name)
@@ -275,7 +280,7 @@ def upscale_image(image: Image.Image, name: str, scale: float, registry: Upscale
 def _rgb_array(image: Image.Image):
     import numpy as np
 
-    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    return np.array(image.convert("RGB"), dtype=np.uint8)  # a writable copy: torch shares its memory
 
 
 def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
