@@ -15,6 +15,7 @@ from studio.history.store import HistoryStore, RecoveryReport
 from studio.jobs import JobRunner
 from studio.queue import JobQueue
 from studio.settings import Settings
+from studio.templates import TemplateBook
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class Services:
     runner: JobRunner
     queue: JobQueue
     recovery: RecoveryReport
+    templates: TemplateBook | None = None  # the prompt builder's saved templates
 
     def close(self) -> None:
         self.database.close()
@@ -68,4 +70,5 @@ def build(settings: Settings | None = None) -> Services:
     registry = ModelRegistry(settings)
     models = ModelManager(settings, where, registry)
     runner = JobRunner(models, history, settings)
-    return Services(settings, where, database, history, registry, models, runner, JobQueue(runner), recovery)
+    return Services(settings, where, database, history, registry, models, runner, JobQueue(runner), recovery,
+                    TemplateBook.in_data_dir(settings.data_dir))

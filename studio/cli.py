@@ -79,10 +79,24 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     option(parser, "--batch-count", cls, "batch_count")
     parser.add_argument("--model", help="model name (see `studio models list`); default: the embedded model")
     parser.add_argument("--vae", help="VAE override from models/VAE")
+    parser.add_argument("--style", action="append", default=[], dest="styles", metavar="NAME",
+                        help="a style from styles.csv in the data folder, applied to the prompts (repeat for several); "
+                             "LoRAs go in the prompt as <lora:name:weight>")
+
+
+# Hires. fix options of `generate` (txt2img only, as in A1111): flag -> request field
+HIRES_OPTIONS = {"--hires": "enable_hr", "--hr-upscaler": "hr_upscaler", "--hr-scale": "hr_scale",
+                 "--hr-resize-x": "hr_resize_x", "--hr-resize-y": "hr_resize_y", "--hr-steps": "hr_second_pass_steps",
+                 "--hr-strength": "hr_denoise_strength"}
+
+
+def add_hires_options(parser: argparse.ArgumentParser) -> None:
+    for flag, name in HIRES_OPTIONS.items():
+        option(parser, flag, Txt2ImgRequest, name)
 
 
 GENERATION_FIELDS = ("prompt", "negative_prompt", "seed", "steps", "cfg_scale", "width", "height", "sampler",
-                     "karras", "batch_size", "batch_count", "model", "vae")
+                     "karras", "batch_size", "batch_count", "model", "vae", "styles")
 
 
 def generation_fields(args) -> dict:
@@ -105,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="txt2img from the command line")
     _common(gen)
     add_generation_options(gen)
+    add_hires_options(gen)
 
     inpaint = sub.add_parser("inpaint", help="repaint the masked part of an image")
     _common(inpaint)
@@ -255,7 +270,7 @@ def build_request(args):
         units = tuple(parse_unit(text, index, size) for index, text in enumerate(args.unit))
         init = read_image(args.init_image, "init_image") if args.init_image else None
         return ControlRequest(**fields, units=units, init_image=init, denoise_strength=args.denoise_strength)
-    return Txt2ImgRequest(**fields)
+    return Txt2ImgRequest(**fields, **{name: getattr(args, name) for name in HIRES_OPTIONS.values()})
 
 
 def settings_from(args) -> Settings:

@@ -32,8 +32,9 @@ from studio.engine.schedulers import SAMPLER_NAMES, describe_scheduler, make_sch
 from studio.errors import InputError, ModelError, StudioError
 from studio.history.store import HistoryStore, ImageRef
 from studio.infotext import format_infotext, parse_infotext, read_parameters
-from studio.requests import REQUEST_TYPES, Txt2ImgRequest, from_record, resolve_seed, to_record, validate
+from studio.requests import REQUEST_TYPES, Txt2ImgRequest, check_text, from_record, resolve_seed, to_record, validate
 from studio.settings import Settings
+from studio.styles import StyleBook
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ class JobRunner:
         self.preprocessors = preprocessors or Preprocessors(settings.annotators_dir, settings.offline,
                                                             models.placement.device, settings.pose_detector)
         self.device_lock = DeviceLock(settings.data_dir / "device.lock")
+        self.styles = StyleBook.in_data_dir(settings.data_dir)
         self._current: CancelToken | None = None
         self._versions: dict | None = None
 
@@ -174,6 +176,7 @@ class JobRunner:
         if request.width is None or request.height is None:
             request = dataclasses.replace(request, width=request.width or native, height=request.height or native)
         request = resolve_seed(request)
+        request = self.apply_styles(request)
         self.lora_uses(request)  # an unknown or unusable LoRA is refused before anything runs
         pixels = request.width * request.height
         if pixels > self.settings.max_pixels:
@@ -194,6 +197,16 @@ class JobRunner:
         if width * height > self.settings.max_pixels:
             raise InputError(f"Hires. fix to {width}x{height} is {width * height:,} pixels, over the limit of "
                              f"{self.settings.max_pixels:,} (STUDIO_MAX_PIXELS); lower Upscale by", field="hr_scale")
+
+    def apply_styles(self, request):
+        """Styles put into the prompts (A1111: {prompt} placeholder, else appended), so the record holds the text
+        that ran and a re-run repeats it even after styles.csv changes; the names stay in applied_styles."""
+        if not request.styles:
+            return request
+        prompt, negative = self.styles.apply(request.prompt, request.negative_prompt, request.styles)
+        return dataclasses.replace(request, prompt=check_text(prompt, "prompt"),
+                                   negative_prompt=check_text(negative, "negative_prompt"), styles=(),
+                                   applied_styles=tuple(request.applied_styles) + tuple(request.styles))
 
     def lora_uses(self, request) -> list[loras.LoraUse]:
         """The LoRA files the prompt's <lora:name:weight> tags name, with their weights and hashes."""

@@ -64,6 +64,8 @@ class Txt2ImgRequest:
     batch_size: int = spec(1, "Batch size", min=1, max=8, step=1, help="images per pipeline call")
     batch_count: int = spec(1, "Batch count", min=1, max=100, step=1, help="pipeline calls in a row")
     parent_run_id: int | None = spec(None, "Parent run", help="the run this one derives from")
+    styles: tuple = spec((), "Styles", help="names from styles.csv; their text is put into the prompts when it runs")
+    applied_styles: tuple = spec((), "Applied styles", help="recorded: the styles whose text the prompts hold")
     # Hires. fix (A1111's names and defaults): a first pass at width x height, then an img2img pass at the big size
     enable_hr: bool = spec(False, "Hires. fix", help="upscale the first pass and repaint it at the big size")
     hr_upscaler: str = spec("Latent", "Upscaler", help="Latent modes, Lanczos, Nearest or a model from models/ESRGAN")
@@ -78,6 +80,9 @@ class Txt2ImgRequest:
         for name in ("prompt", "negative_prompt"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, "")
+        for name in ("styles", "applied_styles"):  # JSON and widgets give lists
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @property
     def image_count(self) -> int:
@@ -251,6 +256,10 @@ def validate(request: Any) -> Any:
             raise InputError(f"{shown(getattr(request, f.name))} is unknown; choose one of "
                              f"{', '.join(map(str, choices))}", field=f.name)
     request.validate_hires()
+    for name in ("styles", "applied_styles"):
+        for item in getattr(request, name):
+            if not isinstance(item, str) or not item:
+                raise InputError(f"{shown(item)} is not a style name; give names from styles.csv", field=name)
     extra = getattr(request, "validate_mode", None)
     if extra is not None:
         extra()

@@ -11,7 +11,7 @@ Range syntax, for number axes (A1111's, with its rough edges made explicit):
     1-10 (+3)        step 3: 1, 4, 7, 10; 10-1 (-3): 10, 7, 4, 1 (A1111 stops at 4); an unsigned (3) follows
                      the range's direction, a sign against it is refused
     1-10 [5]         5 values evenly spaced, both ends included: 1, 3, 5, 7, 10 (whole numbers are truncated, as A1111)
-    0.5-1 [3], 1-2 (+0.25)   the same for decimal axes, computed in decimal so 0.1 steps give 0.3, not 0.30000000000000004
+    0.5-1 [3], 1-2 (+0.25)   the same for decimal axes, computed exactly: 0.1 steps give 0.3, not 0.30000000000000004
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from studio.engine import loras
 from studio.engine.schedulers import ALIASES, SAMPLER_NAMES
 from studio.errors import InputError
 from studio.requests import MAX_SEED, REQUEST_TYPES, check_text, field_spec, number, resolve_seed, shown, validate
@@ -37,10 +38,6 @@ AXIS_NAMES = ("X", "Y", "Z")
 # The fields errors name: A1111's component names (x_type is the axis-type dropdown, x_values its text box).
 TYPE_FIELDS = ("x_type", "y_type", "z_type")
 VALUE_FIELDS = ("x_values", "y_values", "z_values")
-# Prompt weights past this are typos ("08" for 0.8), not experiments; A1111 itself takes any number.
-LORA_WEIGHT_RANGE = (-10.0, 10.0)
-# <lora:NAME>, <lora:NAME:0.8>, <lora:NAME:0.8:0.5> (A1111's text-encoder/UNet weights): the name, then the rest.
-LORA_TAG = re.compile(r"<lora:([^:>]+)((?::[^:>]*)*)>")
 SCHEDULE_TYPES = {"automatic": False, "karras": True}
 
 
@@ -154,6 +151,9 @@ _RANGE_FORMS = {int: "1-5, 1-10 (+2), 1-10 [5]", float: "0.5-1 [3], 1-2 (+0.25)"
 
 def split_values(text: str, field: str) -> list[str]:
     """A1111's reading of a values box: CSV (quotes protect commas), every line joined, each value stripped."""
+    # spaces after a closing quote ("a, b" , c) are as harmless as those before an opening one; strict CSV
+    # would call them a stray quote
+    text = re.sub(r'"[ \t]+(?=,|$)', '"', text, flags=re.MULTILINE)
     try:
         rows = list(csv.reader(io.StringIO(text), skipinitialspace=True, strict=True))
     except csv.Error as error:
@@ -163,16 +163,20 @@ def split_values(text: str, field: str) -> list[str]:
     return [value.strip() for row in rows for value in row]
 
 
-def _check_count(item: str, count: int, limit: int, field: str) -> None:
+def _check_count(item: str, count: int, room: int, limit: int, field: str) -> None:
     # checked before a range is expanded: 1-4294967295 on the Seed axis must not build a list first
-    if count > limit:
+    if count > room:
         raise InputError(f"{shown(item)} gives {count:,} values, over the plot's limit of {limit} cells; "
                          "use a larger step or a shorter range", field=field)
 
 
-def _expand(item: str, kind: AxisKind, limit: int, field: str) -> list:
-    """One comma-separated item of a number axis: a number, or a range in A1111's syntax."""
+def _expand(item: str, kind: AxisKind, room: int, limit: int, field: str) -> list:
+    """One comma-separated item of a number axis: a number, or a range in A1111's syntax (at most `room` values)."""
     number_type = kind.value_type
+    if len(item) > 60:
+        # no field takes a number this long, and int() refuses over 4300 digits with a ValueError, not our message
+        raise InputError(f"{shown(item)} is too long for a number or a range; write {kind.name} values like "
+                         f"{kind.example}", field=field)
     if _PLAIN[number_type].fullmatch(item):
         return [number_type(item)]
     match = _RANGE[number_type].fullmatch(item)
@@ -193,7 +197,7 @@ def _expand(item: str, kind: AxisKind, limit: int, field: str) -> list:
         if count < 1:
             raise InputError(f"{shown(item)} asks for no values; write a count of 1 or more, e.g. 1-10 [5]",
                              field=field)
-        _check_count(item, count, limit, field)
+        _check_count(item, count, room, limit, field)
         if number_type is int and count > abs(end - start) + 1:
             raise InputError(f"{shown(item)} would repeat values: only {abs(end - start) + 1} whole numbers lie "
                              f"from {start} to {end}; write {start}-{end} [{abs(end - start) + 1}] or fewer",
@@ -211,7 +215,7 @@ def _expand(item: str, kind: AxisKind, limit: int, field: str) -> list:
                          f"({'+' if direction > 0 else '-'}{number(size)})", field=field)
     step = size * direction
     count = int((end - start) // step) + 1  # both have the same sign, so // is the floor of a positive quotient
-    _check_count(item, count, limit, field)
+    _check_count(item, count, room, limit, field)
     if count == 1 and start != end:
         raise InputError(f"{shown(item)} gives only {number(start)}: the step is larger than the range; write a "
                          f"smaller step, e.g. {number(start)}-{number(end)} [3]", field=field)
@@ -220,7 +224,7 @@ def _expand(item: str, kind: AxisKind, limit: int, field: str) -> list:
 
 def _number_bounds(kind: AxisKind, request_type: type) -> tuple[float, float]:
     if kind.name == "LoRA weight":
-        return LORA_WEIGHT_RANGE
+        return -loras.MAX_WEIGHT, loras.MAX_WEIGHT  # what a run's tag parsing accepts
     meta = field_spec(request_type, kind.fields[0])
     return meta["min"], meta["max"]
 
@@ -274,6 +278,9 @@ def parse_values(kind: str, values_text: str, request_type: type, *, field: str 
     items = split_values(values_text, field)
     if not items or items == [""]:
         raise InputError(f"is empty; write the {axis_kind.name} values, e.g. {axis_kind.example}", field=field)
+    if axis_kind.name == "Prompt S/R" and not items[0]:
+        raise InputError("starts with an empty value; the first value is the text to replace, e.g. "
+                         f"{axis_kind.example}", field=field)
     for position, item in enumerate(items, 1):
         # an empty replacement is how Prompt S/R deletes a phrase (A1111 keeps it); elsewhere it is a stray comma
         if not item and not (axis_kind.name == "Prompt S/R" and position > 1):
@@ -283,7 +290,7 @@ def parse_values(kind: str, values_text: str, request_type: type, *, field: str 
     if axis_kind.value_type in (int, float):
         values = []
         for item in items:
-            values += _expand(item, axis_kind, limit - len(values), field)
+            values += _expand(item, axis_kind, limit - len(values), limit, field)
         low, high = _number_bounds(axis_kind, request_type)
         for value in values:
             if not low <= value <= high:
@@ -302,9 +309,6 @@ def parse_values(kind: str, values_text: str, request_type: type, *, field: str 
             # a caller's mistake, not the user's: without the list no name can be checked
             raise ValueError("parse_values needs known_models for a Checkpoint name axis")
         return tuple(_match_model(item, list(known_models), field) for item in items)
-    if name == "Prompt S/R" and not items[0]:
-        raise InputError("starts with an empty value; the first value is the text to replace, e.g. "
-                         f"{axis_kind.example}", field=field)
     return tuple(items)
 
 
@@ -339,8 +343,7 @@ def _apply(kind: AxisKind, request: Any, value: Any, values: tuple) -> Any:
         return dataclasses.replace(request, prompt=request.prompt.replace(values[0], value),
                                    negative_prompt=request.negative_prompt.replace(values[0], value))
     if kind.name == "LoRA weight":
-        prompt = LORA_TAG.sub(lambda m: f"<lora:{m[1]}:{number(value)}>", request.prompt)
-        return dataclasses.replace(request, prompt=prompt)
+        return dataclasses.replace(request, prompt=loras.with_weights(request.prompt, value))
     return dataclasses.replace(request, **{kind.fields[0]: value})
 
 
@@ -394,10 +397,11 @@ def plan_cells(base_request: Any, axes: Sequence[PlotAxis], max_cells: int = 100
     if total > max_cells:
         raise InputError(_limit_message(counts, max_cells), field="axes")
     for i, (kind, values) in enumerate(zip(kinds, parsed)):
-        if kind.name == "Prompt S/R" and values[0] not in base_request.prompt + "\n" + base_request.negative_prompt:
+        if kind.name == "Prompt S/R" and values[0] not in base_request.prompt \
+                and values[0] not in base_request.negative_prompt:
             raise InputError(f"{shown(values[0])} (the first value: the text to replace) is in neither the prompt nor "
                              "the negative prompt; start the values with a phrase of the prompt", field=VALUE_FIELDS[i])
-        if kind.name == "LoRA weight" and not LORA_TAG.search(base_request.prompt):
+        if kind.name == "LoRA weight" and not loras.TAG.search(base_request.prompt):
             raise InputError("the prompt has no <lora:NAME:weight> tag to weigh; add one, e.g. <lora:NAME:1>, or "
                              f"choose another {AXIS_NAMES[i]} type", field=VALUE_FIELDS[i])
     rng = rng or random.SystemRandom()

@@ -114,7 +114,7 @@ def build(ctx: UIContext, native_size: int) -> None:
     services = ctx.services
     with gr.Tab("ControlNet", id="control"):
         prompt, negative, generate, interrupt = tab_header("control")
-        prompt_tools.build(ctx, "control", prompt)
+        tools = prompt_tools.build(ctx, "control", prompt, negative)
         with gr.Row():
             with gr.Column(scale=1):
                 units = [UnitWidgets(i, services) for i in range(MAX_CONTROL_UNITS)]
@@ -122,7 +122,7 @@ def build(ctx: UIContext, native_size: int) -> None:
                     init_image = gr.Image(type="pil", format="png", label="Init image (optional)",
                                           sources=["upload", "clipboard"], elem_id="control-init", height=200)
                     strength = field_widget(ControlRequest, "denoise_strength", elem_id="control-strength")
-                panel = generation_panel("control", ctx.model, ctx.vae, native_size, prompt, negative)
+                panel = generation_panel("control", ctx.model, ctx.vae, native_size, prompt, negative, tools.styles)
             with gr.Column(scale=1):
                 progress, preview, gallery, info = result_widgets("control")
         last = gr.State(None)

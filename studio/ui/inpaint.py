@@ -83,7 +83,7 @@ def build(ctx: UIContext, native_size: int) -> None:
     cls = InpaintRequest
     with gr.Tab("Inpaint", id="inpaint"):
         prompt, negative, generate, interrupt = tab_header("inpaint")
-        prompt_tools.build(ctx, "inpaint", prompt)
+        tools = prompt_tools.build(ctx, "inpaint", prompt, negative)
         with gr.Row():
             with gr.Column(scale=1):
                 editor = gr.ImageEditor(
@@ -103,7 +103,7 @@ def build(ctx: UIContext, native_size: int) -> None:
                     area = field_widget(cls, "inpaint_area", elem_id="inpaint-area")
                     padding = field_widget(cls, "padding", elem_id="inpaint-padding")
                 strength = field_widget(cls, "denoise_strength", elem_id="inpaint-strength")
-                panel = generation_panel("inpaint", ctx.model, ctx.vae, native_size, prompt, negative)
+                panel = generation_panel("inpaint", ctx.model, ctx.vae, native_size, prompt, negative, tools.styles)
             with gr.Column(scale=1):
                 show_mask = gr.Button("Preview the mask as it will be applied", size="sm",
                                       elem_id="inpaint-show-mask")

@@ -20,7 +20,7 @@ def build(ctx: UIContext, native_size: int) -> None:
     cls = OutpaintRequest
     with gr.Tab("Outpaint", id="outpaint"):
         prompt, negative, generate, interrupt = tab_header("outpaint")
-        prompt_tools.build(ctx, "outpaint", prompt)
+        tools = prompt_tools.build(ctx, "outpaint", prompt, negative)
         with gr.Row():
             with gr.Column(scale=1):
                 image = gr.Image(type="pil", format="png", label="Image to extend", sources=["upload", "clipboard"],
@@ -36,7 +36,7 @@ def build(ctx: UIContext, native_size: int) -> None:
                     overlap = field_widget(cls, "overlap", elem_id="outpaint-overlap")
                     feather = field_widget(cls, "feather", elem_id="outpaint-feather")
                 strength = field_widget(cls, "denoise_strength", elem_id="outpaint-strength")
-                panel = generation_panel("outpaint", ctx.model, ctx.vae, native_size, prompt, negative,
+                panel = generation_panel("outpaint", ctx.model, ctx.vae, native_size, prompt, negative, tools.styles,
                                          show_size=False)
             with gr.Column(scale=1):
                 show_canvas = gr.Button("Preview the canvas and mask", size="sm", elem_id="outpaint-show-canvas")

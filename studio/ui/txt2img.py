@@ -7,16 +7,39 @@ import gradio as gr
 from studio.requests import Txt2ImgRequest
 from studio.ui import prompt_tools
 from studio.ui.context import ImageSender, TabRestore, UIContext
-from studio.ui.widgets import generation_panel, result_widgets, selected_image, tab_header, wire_results
+from studio.ui.guard import name_input
+from studio.ui.widgets import field_widget, generation_panel, result_widgets, selected_image, tab_header, wire_results
+
+
+def hires_fix(ctx: UIContext) -> dict:
+    """A1111's Hires. fix panel: request field -> widget."""
+    cls = Txt2ImgRequest
+    upscalers = ctx.services.registry.upscalers
+    with gr.Accordion("Hires. fix", open=False, elem_id="txt2img-hires"):
+        fields = {"enable_hr": field_widget(cls, "enable_hr", elem_id="txt2img-enable-hr")}
+        with gr.Row():
+            fields["hr_upscaler"] = gr.Dropdown(upscalers.names(), value=cls.hr_upscaler, label="Upscaler",
+                                                elem_id="txt2img-hr-upscaler",
+                                                info="latent modes resize the latents; the others the pixels")
+            fields["hr_second_pass_steps"] = field_widget(cls, "hr_second_pass_steps", elem_id="txt2img-hr-steps")
+            fields["hr_denoise_strength"] = field_widget(cls, "hr_denoise_strength", elem_id="txt2img-hr-strength")
+        with gr.Row():
+            fields["hr_scale"] = field_widget(cls, "hr_scale", elem_id="txt2img-hr-scale")
+            fields["hr_resize_x"] = field_widget(cls, "hr_resize_x", elem_id="txt2img-hr-resize-x")
+            fields["hr_resize_y"] = field_widget(cls, "hr_resize_y", elem_id="txt2img-hr-resize-y")
+    for name, component in fields.items():
+        name_input(component, name)
+    return fields
 
 
 def build(ctx: UIContext, native_size: int) -> None:
     with gr.Tab("txt2img", id="txt2img"):
         prompt, negative, generate, interrupt = tab_header("txt2img")
-        prompt_tools.build(ctx, "txt2img", prompt)
+        tools = prompt_tools.build(ctx, "txt2img", prompt, negative)
         with gr.Row():
             with gr.Column(scale=1):
-                panel = generation_panel("txt2img", ctx.model, ctx.vae, native_size, prompt, negative)
+                panel = generation_panel("txt2img", ctx.model, ctx.vae, native_size, prompt, negative, tools.styles)
+                panel.fields.update(hires_fix(ctx))
             with gr.Column(scale=1):
                 progress, preview, gallery, info = result_widgets("txt2img")
                 with gr.Row():

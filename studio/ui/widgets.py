@@ -67,7 +67,8 @@ class GenerationPanel:
     def values(self, data: dict) -> dict[str, Any]:
         """Request field values from a handler's {component: value} dict."""
         out = {name: data[component] for name, component in self.fields.items() if component in data}
-        for name in ("steps", "width", "height", "seed", "batch_size", "batch_count"):
+        for name in ("steps", "width", "height", "seed", "batch_size", "batch_count", "hr_second_pass_steps",
+                     "hr_resize_x", "hr_resize_y"):
             if out.get(name) is not None:
                 out[name] = int(out[name])
         for name in ("model", "vae"):
@@ -97,7 +98,8 @@ def prompt_boxes(prefix: str) -> tuple[gr.Textbox, gr.Textbox]:
 
 
 def generation_panel(prefix: str, model: gr.Dropdown, vae: gr.Dropdown, native_size: int,
-                     prompt: gr.Textbox, negative: gr.Textbox, show_size: bool = True) -> GenerationPanel:
+                     prompt: gr.Textbox, negative: gr.Textbox, styles: gr.Dropdown | None = None,
+                     show_size: bool = True) -> GenerationPanel:
     """Sampler, steps, size, CFG, seed and batch widgets (the A1111 txt2img set)."""
     cls = Txt2ImgRequest
     with gr.Row():
@@ -120,6 +122,8 @@ def generation_panel(prefix: str, model: gr.Dropdown, vae: gr.Dropdown, native_s
                   steps=steps, batch_count=batch_count, batch_size=batch_size, cfg_scale=cfg, seed=seed)
     if show_size:
         fields.update(width=width, height=height)
+    if styles is not None:
+        fields["styles"] = styles
     for name, component in fields.items():
         # empty model/VAE means the default; every other setting must be given
         name_input(component, name, empty_ok=True if name in ("model", "vae") else None)
