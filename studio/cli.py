@@ -60,6 +60,13 @@ def option(parser: argparse.ArgumentParser, flag: str, cls: type, name: str, **o
     parser.add_argument(flag, **kwargs)
 
 
+class AppendName(argparse.Action):
+    """A repeatable option collecting names into the request's tuple (argparse's append needs a list)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, (*getattr(namespace, self.dest, ()), values))
+
+
 def add_generation_options(parser: argparse.ArgumentParser) -> None:
     """The txt2img options every generating command shares (everything from the request spec)."""
     cls = Txt2ImgRequest
@@ -79,7 +86,7 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     option(parser, "--batch-count", cls, "batch_count")
     parser.add_argument("--model", help="model name (see `studio models list`); default: the embedded model")
     parser.add_argument("--vae", help="VAE override from models/VAE")
-    parser.add_argument("--style", action="append", default=[], dest="styles", metavar="NAME",
+    parser.add_argument("--style", action=AppendName, default=Txt2ImgRequest.styles, dest="styles", metavar="NAME",
                         help="a style from styles.csv in the data folder, applied to the prompts (repeat for several); "
                              "LoRAs go in the prompt as <lora:name:weight>")
 
