@@ -22,7 +22,10 @@ from typing import Any
 import torch
 from PIL import Image
 
-from studio import __version__
+from studio import (
+    __version__,
+    plots,  # registers the X/Y/Z plot request
+)
 from studio.engine import control, generate, inpainting, loras  # noqa: F401  (they register their modes)
 from studio.engine.control import Preprocessors, ResolveEnv
 from studio.engine.generate import CancelToken, StepInfo
@@ -226,6 +229,9 @@ class JobRunner:
         """Run a request on the device (waiting for it when another job has it) and record it."""
         notices: list[str] = []
         validate(request)  # a bad value is refused at once, not after the current run
+        if request.mode == plots.PlotRequest.mode:  # every cell is a run of its own; the device is taken per cell
+            return plots.run_plot(self, request, on_progress or _ignore, cancel or CancelToken(), rerun_of, source,
+                                  queued_at)
         if rerun_of is not None:  # a re-run needs the LoRA files its run used, unchanged
             self.models.registry.loras.check_recorded(self.history.get(rerun_of).loras, rerun_of)
         cancel = cancel or CancelToken()
@@ -248,6 +254,31 @@ class JobRunner:
                 return dataclasses.replace(result, notices=tuple(notices))
             finally:
                 self._current = None
+
+    def start_plot_row(self, plot, rerun_of: int | None, source: str, queued_at: float | None, cells: int) -> int:
+        """The grid's history row, `running` until its cells are done: they name it as their parent."""
+        base = plot.base
+        entry = self.models.registry.resolve(base.model)
+        if self._versions is None:
+            self._versions = library_versions()
+        params, inputs = to_record(plot)
+        row = dict(mode=plot.mode, model_name=entry.name, model_hash=self.models.registry.model_hash(entry),
+                   vae=base.vae, sampler=base.sampler, karras=base.karras, scheduler={}, prompt=base.prompt,
+                   negative_prompt=base.negative_prompt, seed=base.seed, seeds=[base.seed], steps=base.steps,
+                   cfg_scale=base.cfg_scale, width=base.width, height=base.height, batch_size=1, batch_count=cells,
+                   params=params, device=self.models.placement.description, dtype=self.models.placement.dtype_name,
+                   versions=self._versions, parent_id=base.parent_run_id, rerun_of=rerun_of, source=source,
+                   queued_at=None if queued_at is None else datetime.fromtimestamp(queued_at, timezone.utc))
+        return self.history.start(row, inputs)
+
+    def plot_infotext(self, plot, axes: dict) -> str:
+        """The grid's parameters: the base run's A1111 pairs, then the plot's (X Type, X Values...)."""
+        base = plot.base
+        pairs = {"Steps": base.steps, "Sampler": base.sampler, "Schedule type": "Karras" if base.karras else
+                 "Automatic", "CFG scale": f"{base.cfg_scale:g}", "Seed": base.seed,
+                 "Size": f"{base.width}x{base.height}", "Model": base.model, **axes,
+                 "Version": f"studio {__version__}"}
+        return format_infotext(base.prompt, base.negative_prompt, pairs)
 
     def _parent_of(self, inputs: dict) -> int | None:
         """The run whose output this run starts from: the edited image first, then any other input."""

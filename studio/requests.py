@@ -234,6 +234,10 @@ def _check_range(request: Any, name: str) -> None:
 
 def validate(request: Any) -> Any:
     """Check every field; raise InputError naming the first bad field and the allowed values."""
+    own = getattr(request, "validate_self", None)
+    if own is not None:  # a request made of requests (an X/Y/Z plot) checks itself
+        own()
+        return request
     for name, hint in _field_types(type(request)).items():
         if name in {f.name for f in dataclasses.fields(request)}:
             _check_type(type(request), name, getattr(request, name), hint)
@@ -275,6 +279,8 @@ def resolve_seed(request: Any, rng: random.Random | None = None) -> Any:
 
 def to_record(request: Any) -> tuple[dict, dict[str, Image.Image]]:
     """Split a request into JSON-able parameters and its input images (stored as blobs)."""
+    if hasattr(request, "record"):  # a request made of requests records itself
+        return request.record()
     params: dict[str, Any] = {"mode": request.mode}
     images: dict[str, Image.Image] = {}
     for f in dataclasses.fields(request):
@@ -304,6 +310,8 @@ def from_record(params: dict, images: dict[str, Image.Image]) -> Any:
     cls = REQUEST_TYPES.get(mode)
     if cls is None:
         raise InputError(f"unknown mode {mode!r}", field="mode")
+    if hasattr(cls, "from_params"):
+        return cls.from_params(params, images)
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in params.items() if k in names}
     for key, image in images.items():

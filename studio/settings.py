@@ -73,6 +73,9 @@ class Settings(BaseSettings):
         None, description="user:password for HTTP Basic auth of the API; required when --listen serves the API."
     )
     api_max_body_mb: int = Field(64, ge=1, description="Largest API request body, in MB (images come base64).")
+    plot_max_cells: int = Field(
+        100, ge=1, le=10_000, description="Most cells an X/Y/Z plot may have; a larger plot is refused naming its axes."
+    )
     preview_every: int = Field(
         2, ge=0, description="Show a live preview every N sampling steps (0 turns previews off)."
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from studio import plots
 from studio.requests import Txt2ImgRequest
 from studio.ui import prompt_tools
 from studio.ui.context import ImageSender, TabRestore, UIContext
@@ -32,6 +33,25 @@ def hires_fix(ctx: UIContext) -> dict:
     return fields
 
 
+def plot_panel():
+    """A1111's X/Y/Z plot script as a plain panel: three axes (type and values) and its own Generate button."""
+    widgets = {}
+    with gr.Accordion("X/Y/Z plot", open=False, elem_id="txt2img-xyz"):
+        gr.Markdown("Values: comma lists (`DPM++ 2M, Euler`), ranges `1-5`, `10-30 (+5)`, `1-10 [5]`. Prompt S/R: "
+                    "the first value is the text to replace. Each cell is its own run in the History; the grid's "
+                    "run is their parent.")
+        for axis in ("x", "y", "z"):
+            with gr.Row(equal_height=True):
+                widgets[f"{axis}_type"] = gr.Dropdown(list(plots.AXIS_CHOICES), value="Nothing", scale=1,
+                                                      label=f"{axis.upper()} type", elem_id=f"txt2img-{axis}-type")
+                widgets[f"{axis}_values"] = gr.Textbox(label=f"{axis.upper()} values", scale=3,
+                                                       elem_id=f"txt2img-{axis}-values")
+        button = gr.Button("Generate the plot", variant="primary", elem_id="txt2img-xyz-generate")
+    for name, widget in widgets.items():
+        name_input(widget, name)
+    return widgets, button
+
+
 def build(ctx: UIContext, native_size: int) -> None:
     with gr.Tab("txt2img", id="txt2img"):
         prompt, negative, generate, interrupt = tab_header("txt2img")
@@ -40,6 +60,7 @@ def build(ctx: UIContext, native_size: int) -> None:
             with gr.Column(scale=1):
                 panel = generation_panel("txt2img", ctx.model, ctx.vae, native_size, prompt, negative, tools.styles)
                 panel.fields.update(hires_fix(ctx))
+                plot, plot_button = plot_panel()
             with gr.Column(scale=1):
                 progress, preview, gallery, info = result_widgets("txt2img")
                 with gr.Row():
@@ -47,10 +68,21 @@ def build(ctx: UIContext, native_size: int) -> None:
                     to_outpaint = gr.Button("Send to outpaint", size="sm", elem_id="txt2img-send-outpaint")
         last = gr.State(None)
 
+    def start_plot(data):
+        request = plots.PlotRequest(base=Txt2ImgRequest(**panel.values(data)),
+                                    **{name: data[widget] for name, widget in plot.items()})
+        plots.check_plot(ctx.services.runner, request)  # a bad axis is refused now, not when its turn comes
+        return request
+
     wire_results(ctx.services, lambda data: Txt2ImgRequest(**panel.values(data)), generate, interrupt,
                  panel, dict(progress=progress, preview=preview, gallery=gallery, info=info, last=last),
-                 api_name="txt2img")
+                 api_name="txt2img", more=((plot_button, start_plot, plot.values(), "xyz_plot"),))
     ctx.restorers["txt2img"] = TabRestore("txt2img", list(panel.fields.values()), panel.updates)
+
+    def restore_plot(request):
+        return {**panel.updates(request.base), **{widget: getattr(request, name) for name, widget in plot.items()}}
+
+    ctx.restorers["xyz"] = TabRestore("txt2img", [*panel.fields.values(), *plot.values()], restore_plot)
     ctx.size_sliders.append((panel.fields["width"], panel.fields["height"]))
     ctx.senders.append(ImageSender(to_inpaint, "inpaint", [last], selected_image))
     ctx.senders.append(ImageSender(to_outpaint, "outpaint", [last], selected_image))

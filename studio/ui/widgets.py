@@ -7,6 +7,7 @@ widget never shifts the others.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import html
 import queue
 from collections.abc import Iterator
@@ -163,18 +164,19 @@ def selected_image(state: dict | None):
         return image
 
 
-def wire_results(services, start_request, generate, interrupt, panel, outputs: dict, api_name: str):
+def wire_results(services, start_request, generate, interrupt, panel, outputs: dict, api_name: str,
+                 more: tuple = ()):
     """Connect Generate/Interrupt/gallery selection/seed buttons of a generating tab.
 
     start_request: {component: value} -> request. outputs: progress, preview, gallery, info, last.
+    more: other (button, start_request, inputs, api_name) that queue a job into the same results (a plot).
     Generate queues the job (a press while another job runs waits its turn, it does not block);
     Interrupt cancels this tab's job, or stops it when it is running.
     """
     progress, preview, gallery, info, last = (outputs[k] for k in ("progress", "preview", "gallery", "info", "last"))
     jobs_of_tab = gr.State([])  # this tab's jobs in this browser session, oldest first
 
-    @guarded
-    def on_generate(data: dict):
+    def on_generate(data: dict, start_request=start_request):
         job = services.queue.submit(start_request(data), "ui")
         yield {jobs_of_tab: [*(data[jobs_of_tab] or []), job.id][-20:]}
         for kind, payload in follow_job(services.queue, job, progress, preview):
@@ -190,12 +192,14 @@ def wire_results(services, start_request, generate, interrupt, panel, outputs: d
 
     # no concurrency limit here: the job queue serialises the device work, so a second press queues
     # trigger_mode "multiple": a press while this tab's job runs queues another (Gradio ignores it otherwise)
-    generate.click(on_generate, inputs=panel.inputs | set(panel.extra.values()) | {jobs_of_tab},
-                   outputs=[gallery, info, last, progress, preview, jobs_of_tab], concurrency_limit=None,
-                   trigger_mode="multiple",
-                   # Gradio's progress on every output keeps the browser busy (spinners, timers, pulsing
-                   # borders) while the run needs the CPU; the tab's own progress bar says enough
-                   show_progress="minimal", show_progress_on=progress, api_name=api_name)
+    for button, start, inputs, name in ((generate, start_request, set(), api_name), *more):
+        button.click(guarded(functools.partial(on_generate, start_request=start)),
+                     inputs=panel.inputs | set(panel.extra.values()) | set(inputs) | {jobs_of_tab},
+                     outputs=[gallery, info, last, progress, preview, jobs_of_tab], concurrency_limit=None,
+                     trigger_mode="multiple",
+                     # Gradio's progress on every output keeps the browser busy (spinners, timers, pulsing
+                     # borders) while the run needs the CPU; the tab's own progress bar says enough
+                     show_progress="minimal", show_progress_on=progress, api_name=name)
 
     def on_interrupt(job_ids):
         """Stop this tab's running job; with none running, cancel its newest waiting one."""
