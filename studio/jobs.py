@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -35,7 +36,16 @@ from studio.engine.schedulers import SAMPLER_NAMES, describe_scheduler, make_sch
 from studio.errors import InputError, ModelError, StudioError
 from studio.history.store import HistoryStore, ImageRef
 from studio.infotext import format_infotext, parse_infotext, read_parameters
-from studio.requests import REQUEST_TYPES, Txt2ImgRequest, check_text, from_record, resolve_seed, to_record, validate
+from studio.requests import (
+    REQUEST_TYPES,
+    Txt2ImgRequest,
+    UpscaleRequest,
+    check_text,
+    from_record,
+    resolve_seed,
+    to_record,
+    validate,
+)
 from studio.settings import Settings
 from studio.styles import StyleBook
 
@@ -129,6 +139,10 @@ def hires_from_infotext(parsed: dict) -> dict:
     if "denoise_strength" in parsed:
         values["hr_denoise_strength"] = parsed["denoise_strength"]
     return values
+
+
+def _quote_value(text: str) -> str:
+    return json.dumps(text) if any(c in text for c in ',:"') else text
 
 
 def _ignore(progress: Progress) -> None:
@@ -229,6 +243,8 @@ class JobRunner:
         """Run a request on the device (waiting for it when another job has it) and record it."""
         notices: list[str] = []
         validate(request)  # a bad value is refused at once, not after the current run
+        if request.mode == UpscaleRequest.mode:
+            return self._run_upscale(request, on_progress or _ignore, rerun_of, source, queued_at)
         if request.mode == plots.PlotRequest.mode:  # every cell is a run of its own; the device is taken per cell
             return plots.run_plot(self, request, on_progress or _ignore, cancel or CancelToken(), rerun_of, source,
                                   queued_at)
@@ -254,6 +270,58 @@ class JobRunner:
                 return dataclasses.replace(result, notices=tuple(notices))
             finally:
                 self._current = None
+
+    def _run_upscale(self, request, on_progress, rerun_of, source, queued_at) -> RunResult:
+        """A1111's Extras upscale as a run: the source image in, the upscaled one out, the source's run as parent."""
+        from studio.engine.upscalers import upscale_image
+
+        upscalers = self.models.registry.upscalers
+        name = request.upscaler
+        if name not in upscalers.names() or upscalers.is_latent(name):
+            choices = [n for n in upscalers.names() if not upscalers.is_latent(n)]
+            raise InputError(f"{name!r} is not an image upscaler here; pick one of: {', '.join(choices)}",
+                             field="upscaler")
+        started = time.perf_counter()
+        with self.device_lock:
+            params, inputs = to_record(request)
+            parent = request.parent_run_id or self._parent_of(inputs)
+            params["parent_run_id"] = parent
+            request = dataclasses.replace(request, parent_run_id=parent)
+            width, height = round(request.image.width * request.scale), round(request.image.height * request.scale)
+            path = upscalers.model_files().get(name)
+            if self._versions is None:
+                self._versions = library_versions()
+            row = dict(mode=request.mode, model_name=name, model_hash=self.models.registry.hashes.sha256(path) if path
+                       else "", vae=None, sampler="", karras=False, scheduler={}, prompt="", negative_prompt="", seed=0,
+                       seeds=[0], steps=0, cfg_scale=0.0, width=width, height=height, batch_size=1, batch_count=1,
+                       params=params, device=self.models.placement.description, dtype="float32",
+                       versions=self._versions, parent_id=parent, rerun_of=rerun_of, source=source,
+                       queued_at=None if queued_at is None else datetime.fromtimestamp(queued_at, timezone.utc))
+            run_id = self.history.start(row, inputs)
+            on_progress(Progress(0.05, f"upscaling {request.image.width}x{request.image.height} x {request.scale:g} "
+                                       f"with {name}"))
+            try:
+                try:
+                    image = upscale_image(request.image.convert("RGB"), name, request.scale, upscalers,
+                                          device=self.models.placement.device)
+                except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
+                    if not out_of_memory(error):
+                        raise
+                    self.models.release_memory()
+                    raise ModelError(f"the device ran out of memory upscaling to {width}x{height}; use a smaller "
+                                     "factor", field="scale") from error
+                text = f"Postprocess upscale by: {request.scale:g}, Postprocess upscaler: {_quote_value(name)}"
+                if parent is not None:
+                    text += f", Source run: {parent}"
+                elapsed = time.perf_counter() - started
+                refs = self.history.finish(run_id, [(image, 0, text, params)], duration_s=elapsed,
+                                           timings={"upscale_s": round(elapsed, 4)})
+            except BaseException as error:
+                message = str(error) if isinstance(error, StudioError) else f"{type(error).__name__}: {error}"
+                self.history.fail(run_id, message, time.perf_counter() - started)
+                raise
+        on_progress(Progress(1.0, "done"))
+        return RunResult(run_id, "done", request, [0], [image], refs, [text], time.perf_counter() - started)
 
     def start_plot_row(self, plot, rerun_of: int | None, source: str, queued_at: float | None, cells: int) -> int:
         """The grid's history row, `running` until its cells are done: they name it as their parent."""

@@ -489,3 +489,31 @@ class ControlRequest(Txt2ImgRequest):
             if not isinstance(self.init_image, Image.Image):
                 raise InputError("is not an image", field="init_image")
             _check_denoising_steps(self)
+
+
+@register_request_type
+@dataclass(frozen=True, kw_only=True)
+class UpscaleRequest:
+    """Upscale one image (A1111's Extras): an upscaler and a factor; recorded as a run whose parent is the source."""
+
+    mode: ClassVar[str] = "upscale"
+
+    image: Image.Image | None = spec(None, "Image")
+    upscaler: str = spec("Lanczos", "Upscaler", help="Lanczos, Nearest or a model from models/ESRGAN (and the like)")
+    scale: float = spec(2.0, "Upscale by", min=1.0, max=8.0, step=0.05)
+    parent_run_id: int | None = spec(None, "Parent run", help="the run whose image this upscales")
+
+    # what the queue panel shows of a job
+    prompt: ClassVar[str] = ""
+    model: ClassVar[str | None] = None
+
+    def validate_self(self) -> None:
+        for name, hint in _field_types(type(self)).items():
+            if name in {f.name for f in dataclasses.fields(self)}:
+                _check_type(type(self), name, getattr(self, name), hint)
+        _check_range(self, "scale")
+        _check_image(self, "image")
+        width, height = round(self.image.width * self.scale), round(self.image.height * self.scale)
+        if width > 16384 or height > 16384:
+            raise InputError(f"{self.image.width}x{self.image.height} x {self.scale:g} is {width}x{height}; keep each "
+                             "side at most 16384", field="scale")

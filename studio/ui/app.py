@@ -7,7 +7,7 @@ import html
 import gradio as gr
 
 from studio.app import Services
-from studio.ui import control, history, inpaint, models, outpaint, queue_panel, txt2img
+from studio.ui import control, extras, history, inpaint, models, outpaint, queue_panel, txt2img
 from studio.ui.context import UIContext
 from studio.ui.guard import StudioBlocks, guarded
 from studio.ui.models import model_choices, vae_choices
@@ -79,6 +79,7 @@ def build_ui(services: Services) -> gr.Blocks:
             inpaint.build(ctx, native)
             outpaint.build(ctx, native)
             control.build(ctx, native)
+            extras.build(ctx)
             history.build(ctx)
             models.build(ctx)
         wire_senders(ctx)

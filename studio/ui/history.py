@@ -111,6 +111,7 @@ def build(ctx: UIContext) -> None:
                     parent_button = gr.Button("Go to parent", size="sm", elem_id="history-parent")
                     to_inpaint = gr.Button("Send to inpaint", size="sm", elem_id="history-send-inpaint")
                     to_outpaint = gr.Button("Send to outpaint", size="sm", elem_id="history-send-outpaint")
+                    to_extras = gr.Button("Upscale (Extras)", size="sm", elem_id="history-send-extras")
         with gr.Accordion("Import parameters from a PNG (this studio or A1111)", open=False):
             png = gr.Image(type="pil", label="PNG", format="png", sources=["upload"], elem_id="history-png")
             import_button = gr.Button("Restore parameters from PNG", elem_id="history-import")
@@ -248,3 +249,4 @@ def build(ctx: UIContext) -> None:
 
     ctx.senders.append(ImageSender(to_inpaint, "inpaint", [selected], first_output))
     ctx.senders.append(ImageSender(to_outpaint, "outpaint", [selected], first_output))
+    ctx.senders.append(ImageSender(to_extras, "extras", [selected], first_output))

@@ -66,6 +66,7 @@ def build(ctx: UIContext, native_size: int) -> None:
                 with gr.Row():
                     to_inpaint = gr.Button("Send to inpaint", size="sm", elem_id="txt2img-send-inpaint")
                     to_outpaint = gr.Button("Send to outpaint", size="sm", elem_id="txt2img-send-outpaint")
+                    to_extras = gr.Button("Upscale (Extras)", size="sm", elem_id="txt2img-send-extras")
         last = gr.State(None)
 
     def start_plot(data):
@@ -86,3 +87,4 @@ def build(ctx: UIContext, native_size: int) -> None:
     ctx.size_sliders.append((panel.fields["width"], panel.fields["height"]))
     ctx.senders.append(ImageSender(to_inpaint, "inpaint", [last], selected_image))
     ctx.senders.append(ImageSender(to_outpaint, "outpaint", [last], selected_image))
+    ctx.senders.append(ImageSender(to_extras, "extras", [last], selected_image))
