@@ -155,11 +155,62 @@ def _empty_list(path: str, doc: str):
     route(path)(handler)
 
 
-for _path, _doc in (("/upscalers", "Upscalers (none yet)."), ("/latent-upscale-modes", "Latent upscale modes (none yet)."),
-                    ("/loras", "LoRAs (none yet)."), ("/prompt-styles", "Prompt styles (none yet)."),
-                    ("/hypernetworks", "Hypernetworks (none)."), ("/face-restorers", "Face restorers (none)."),
-                    ("/realesrgan-models", "Real-ESRGAN models (none yet).")):
+for _path, _doc in (("/hypernetworks", "Hypernetworks (none)."), ("/face-restorers", "Face restorers (none)."),
+                    ("/realesrgan-models", "Real-ESRGAN models (those in models/RealESRGAN are in /upscalers).")):
     _empty_list(_path, _doc)
+
+
+@route("/upscalers")
+async def upscalers(api: A1111Api, request: Request):
+    """Image upscalers for Hires. fix and extra-single-image: Lanczos, Nearest and the model files."""
+    rows = []
+    for row in api.services.registry.upscalers.describe(probe=False):
+        if row["kind"] == "latent":
+            continue
+        rows.append({"name": row["name"], "model_name": row["name"] if row["kind"] == "model" else None,
+                     "model_path": row["path"], "model_url": None, "scale": row.get("scale") or 4})
+    return rows
+
+
+@route("/latent-upscale-modes")
+async def latent_upscale_modes(api: A1111Api, request: Request):
+    """Latent upscalers for Hires. fix (A1111's names)."""
+    from studio.engine.upscalers import LATENT_UPSCALERS
+
+    return [{"name": name} for name in LATENT_UPSCALERS]
+
+
+@route("/loras")
+async def loras(api: A1111Api, request: Request):
+    """LoRAs in models/Lora (and the embedded ones): use them in a prompt as <lora:name:weight>."""
+    return [{"name": row["name"], "alias": row["name"], "path": row["path"], "metadata": {}}
+            for row in api.services.registry.loras.describe() if not row["problem"]]
+
+
+@route("/prompt-styles")
+async def prompt_styles(api: A1111Api, request: Request):
+    """Styles of styles.csv in the data folder (A1111's format)."""
+    return [{"name": style.name, "prompt": style.prompt, "negative_prompt": style.negative_prompt}
+            for style in api.services.runner.styles.styles()]
+
+
+@route("/extra-single-image", ("POST",))
+async def extra_single_image(api: A1111Api, request: Request):
+    """Upscale one image (A1111's Extras): image, upscaler_1, upscaling_resize; a history run of its own."""
+    from studio.api.a1111_requests import _number, png_base64
+    from studio.requests import UpscaleRequest
+
+    body = await api.body(request)
+    if body.get("resize_mode", 0) not in (0, None):
+        raise InputError("only resize_mode 0 (scale by upscaling_resize) is supported", field="resize_mode")
+    upscale = UpscaleRequest(image=decode_image(body.get("image"), "image").convert("RGB"),
+                             upscaler=body.get("upscaler_1") or "Lanczos",
+                             scale=_number({"upscaling_resize": 2, **body}, "upscaling_resize"))
+    result = await run_in_threadpool(api.services.queue.run, upscale, lambda progress: None, "api")
+    ignored = [name for name in ("upscaler_2", "gfpgan_visibility", "codeformer_visibility")
+               if body.get(name) not in (None, "", "None", 0)]
+    return {"html_info": result.infotexts[0], "image": png_base64(result.outputs[0].path), "run_id": result.run_id,
+            "ignored": ignored}
 
 
 @route("/embeddings")

@@ -31,10 +31,12 @@ INPAINTING_FILL = ("fill", "original", "latent noise", "latent nothing")
 DEFAULTS = {"prompt": "", "negative_prompt": "", "seed": -1, "steps": 50, "cfg_scale": 7.0, "width": 512,
             "height": 512, "batch_size": 1, "n_iter": 1, "denoising_strength": 0.75, "mask_blur": 4,
             "inpainting_fill": 0, "inpaint_full_res": True, "inpaint_full_res_padding": 0,
-            "inpainting_mask_invert": 0, "resize_mode": 0, "sampler_name": "Euler"}
+            "inpainting_mask_invert": 0, "resize_mode": 0, "sampler_name": "Euler", "enable_hr": False,
+            "hr_scale": 2.0, "hr_second_pass_steps": 0, "hr_resize_x": 0, "hr_resize_y": 0}
 # Fields the studio cannot honour yet, with the value that asks for nothing (then they are not "ignored").
-UNSUPPORTED = {"restore_faces": False, "tiling": False, "enable_hr": False, "subseed_strength": 0,
-               "styles": [], "script_name": None, "resize_mode": 0, "seed_resize_from_h": [0, -1],
+UNSUPPORTED = {"restore_faces": False, "tiling": False, "subseed_strength": 0, "script_name": None,
+               "hr_checkpoint_name": [None, "", "Use same checkpoint"], "hr_sampler_name": [None, "", "Use same sampler"],
+               "hr_prompt": "", "hr_negative_prompt": "", "hr_scheduler": [None, "", "Use same scheduler"], "resize_mode": 0, "seed_resize_from_h": [0, -1],
                "seed_resize_from_w": [0, -1], "refiner_checkpoint": None, "s_churn": 0, "eta": [None, 0, 1],
                "image_cfg_scale": [None, 1.5], "initial_noise_multiplier": [None, 1]}
 # studio field -> the A1111 field a message should name
@@ -42,7 +44,8 @@ A1111_NAMES = {"batch_count": "n_iter", "sampler": "sampler_name", "denoise_stre
                "image": "init_images", "invert_mask": "inpainting_mask_invert", "masked_content": "inpainting_fill",
                "inpaint_area": "inpaint_full_res", "padding": "inpaint_full_res_padding", "karras": "scheduler",
                "model": "override_settings.sd_model_checkpoint", "vae": "override_settings.sd_vae",
-               "init_image": "init_images", "units": "alwayson_scripts.ControlNet.args"}
+               "init_image": "init_images", "units": "alwayson_scripts.ControlNet.args",
+               "hr_denoise_strength": "denoising_strength", "upscaler": "upscaler_1", "scale": "upscaling_resize"}
 
 
 def a1111_field(field_name: str | None) -> str | None:
@@ -200,6 +203,11 @@ def _common(body: dict, state: ApiState, models: list[str]) -> dict:
                   vae=None if vae in (None, "", "Automatic", "None") else vae)
     if karras is not None:
         values["karras"] = karras
+    styles = body.get("styles")
+    if styles not in (None, []):
+        if not isinstance(styles, list) or not all(isinstance(name, str) for name in styles):
+            raise InputError(f"{shown(styles)} is not a list of style names", field="styles")
+        values["styles"] = tuple(styles)
     if values["seed"] < -1:  # A1111 treats any negative seed as random
         values["seed"] = -1
     return values
@@ -244,13 +252,34 @@ def control_units(body: dict, controlnets: list[str]) -> tuple:
     return tuple(units)
 
 
+def hires_values(body: dict) -> dict:
+    """A1111's Hires. fix fields (enable_hr, hr_scale, hr_upscaler, ...; denoising_strength is the second pass's)."""
+    if not _flag(body, "enable_hr"):
+        return {}
+    values = {"enable_hr": True, "hr_scale": _number(body, "hr_scale"),
+              "hr_second_pass_steps": _whole(body, "hr_second_pass_steps"), "hr_resize_x": _whole(body, "hr_resize_x"),
+              "hr_resize_y": _whole(body, "hr_resize_y"),
+              # the UI's 0.7 when absent (the img2img default, 0.75, is for img2img)
+              "hr_denoise_strength": _number({"denoising_strength": 0.7, **body}, "denoising_strength")}
+    upscaler = body.get("hr_upscaler")
+    if upscaler not in (None, ""):
+        if not isinstance(upscaler, str):
+            raise InputError(f"{shown(upscaler)} is not an upscaler name; see GET /sdapi/v1/upscalers",
+                             field="hr_upscaler")
+        values["hr_upscaler"] = upscaler
+    return values
+
+
 def txt2img_request(body: dict, state: ApiState, models: list[str], controlnets: list[str]):
     """The studio request a /sdapi/v1/txt2img body describes."""
     values = _common(body, state, models)
     units = control_units(body, controlnets)
     if units:
+        if body.get("enable_hr"):
+            raise InputError("Hires. fix with ControlNet units is not supported yet; send one or the other",
+                             field="enable_hr")
         return ControlRequest(**values, units=units)
-    return Txt2ImgRequest(**values)
+    return Txt2ImgRequest(**values, **hires_values(body))
 
 
 def img2img_request(body: dict, state: ApiState, models: list[str], controlnets: list[str]):
@@ -309,7 +338,8 @@ def response(result, body: dict, model_hash: str, send_images: bool, ignored: li
         "cfg_scale": request.cfg_scale, "steps": request.steps, "batch_size": request.batch_size,
         "restore_faces": False, "sd_model_name": request.model, "sd_model_hash": model_hash[:10],
         "sd_vae_name": request.vae, "denoising_strength": getattr(request, "denoise_strength", None),
-        "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": result.infotexts, "styles": [],
+        "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": result.infotexts,
+        "styles": list(getattr(request, "applied_styles", ())),
         "job_timestamp": datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S"), "clip_skip": 1,
         "version": f"studio {__version__}", "run_id": result.run_id, "status": result.status,
         "ignored": ignored, "notices": list(result.notices),

@@ -100,7 +100,10 @@ def test_what_sillytavern_asks_in_order(client, server, services):
     assert "sd_model_checkpoint" in client.get_options()
     assert client.get_sd_models() and {"name": "Euler", "aliases": [], "options": {}} in client.get_samplers()
     assert {s["name"] for s in client.get_schedulers()} >= {"automatic", "karras"}
-    for empty in ("upscalers", "latent-upscale-modes", "loras", "prompt-styles"):
+    assert {"name": "Lanczos", "model_name": None, "model_path": None, "model_url": None, "scale": 4} in \
+        get(server, "upscalers")[1]
+    assert {"name": "Latent"} in get(server, "latent-upscale-modes")[1]
+    for empty in ("loras", "prompt-styles"):  # a fresh data folder has none
         assert get(server, empty) == (200, [])
     hold, seen = threading.Event(), []
     real_run = services.runner.run
