@@ -72,9 +72,24 @@ def _check_number(component, field: str, value) -> None:
 
 def _check_choice(component, field: str, value) -> None:
     choices = [choice for _, choice in component.choices]
+    if getattr(component, "multiselect", False):  # several choices (styles): a list of them
+        if not isinstance(value, list):
+            raise gr.Error(f"{field}: {shown(value)} is not a list of choices")
+        for item in value:
+            _check_choice(_Single(component.choices), field, item)
+        return
     if isinstance(value, (list, dict)) or value not in choices:
         listed = ", ".join(str(c) for c in choices[:20]) + (", ..." if len(choices) > 20 else "")
         raise gr.Error(f"{field}: {shown(value)} is not one of {listed}")
+
+
+class _Single:
+    """One item of a multiselect dropdown, checked as a single choice."""
+
+    multiselect = False
+
+    def __init__(self, choices):
+        self.choices = choices
 
 
 def _check_file(field: str, value, what: str = "file") -> Path:
