@@ -203,9 +203,24 @@ def scene_from_seed(seed: int, **kwargs) -> Scene:
 _SHIFT = 4  # cv2 fixed-point fraction bits: sub-pixel placement on the supersampled canvas
 
 
-def _fixed(point: tuple[float, float], origin: tuple[int, int]) -> tuple[int, int]:
-    """Pixel coordinates (pixel centres at integers) -> fixed-point supersampled coordinates."""
+def _scaled(point: tuple[float, float], scale: float) -> tuple[float, float]:
+    """A point in SIZE pixels -> the same point in the pixels of a canvas `scale` times larger.
+
+    Pixel centres sit at integers at both sizes, so the image edge (-0.5) stays the edge. At scale 1
+    the point is returned untouched: the SIZE rendering must stay bit-for-bit what the models learnt.
+    """
+    if scale == 1:
+        return point
+    return (point[0] + 0.5) * scale - 0.5, (point[1] + 0.5) * scale - 0.5
+
+
+def _fixed(point: tuple[float, float], origin: tuple[int, int], scale: float = 1) -> tuple[int, int]:
+    """Pixel coordinates (pixel centres at integers) -> fixed-point supersampled coordinates.
+
+    `point` is in SIZE pixels, `origin` in the pixels of the canvas being drawn (`scale` x SIZE).
+    """
     one = 1 << _SHIFT
+    point = _scaled(point, scale)
     return (
         int(round(((point[0] - origin[0] + 0.5) * SUPERSAMPLE - 0.5) * one)),
         int(round(((point[1] - origin[1] + 0.5) * SUPERSAMPLE - 0.5) * one)),
@@ -231,23 +246,29 @@ _TORSO = (2, 5, 11, 8)
 _HEAD = (0, 14, 15, 16, 17)
 
 
-def _draw(obj: SceneObject, canvas: np.ndarray, origin: tuple[int, int]) -> None:
+def _draw(obj: SceneObject, canvas: np.ndarray, origin: tuple[int, int], scale: float = 1) -> None:
+    """The object in 255s on a supersampled canvas of a `scale` x SIZE image; lengths scale with it."""
+    # Every length is multiplied by `scale` before anything else, so at scale 1 the arithmetic (and the
+    # rounding of each fixed-point value) is exactly what it was before sizes other than SIZE existed.
     if obj.shape == "circle":
-        cv2.circle(canvas, _fixed(obj.centre, origin), int(round(obj.radius * SUPERSAMPLE * (1 << _SHIFT))), 255, -1, cv2.LINE_8, _SHIFT)
+        radius = int(round(obj.radius * scale * SUPERSAMPLE * (1 << _SHIFT)))
+        cv2.circle(canvas, _fixed(obj.centre, origin, scale), radius, 255, -1, cv2.LINE_8, _SHIFT)
     elif obj.shape in ("square", "triangle"):
-        points = np.array([_fixed(p, origin) for p in _polygon(obj)], dtype=np.int32)
+        points = np.array([_fixed(p, origin, scale) for p in _polygon(obj)], dtype=np.int32)
         cv2.fillConvexPoly(canvas, points, 255, cv2.LINE_8, _SHIFT)
     else:
         kp = obj.keypoints
-        height = FIGURE_HEIGHT * obj.radius
-        width = max(1, int(round(max(2.5, FIGURE_LIMB_WIDTH * obj.radius) * SUPERSAMPLE)))
-        torso = np.array([_fixed(kp[i], origin) for i in _TORSO], dtype=np.int32)
+        height = FIGURE_HEIGHT * obj.radius * scale
+        width = max(1, int(round(max(2.5, FIGURE_LIMB_WIDTH * obj.radius) * scale * SUPERSAMPLE)))
+        torso = np.array([_fixed(kp[i], origin, scale) for i in _TORSO], dtype=np.int32)
         cv2.fillPoly(canvas, [torso], 255, cv2.LINE_8, _SHIFT)
         for a, b in _BODY_LINES:
-            cv2.line(canvas, _fixed(kp[a], origin), _fixed(kp[b], origin), 255, width, cv2.LINE_8, _SHIFT)
+            cv2.line(canvas, _fixed(kp[a], origin, scale), _fixed(kp[b], origin, scale), 255, width, cv2.LINE_8,
+                     _SHIFT)
         head = np.mean([kp[i] for i in _HEAD], axis=0)
         radius = int(round(FIGURE_HEAD_RADIUS * height * SUPERSAMPLE * (1 << _SHIFT)))
-        cv2.circle(canvas, _fixed((float(head[0]), float(head[1])), origin), radius, 255, -1, cv2.LINE_8, _SHIFT)
+        cv2.circle(canvas, _fixed((float(head[0]), float(head[1])), origin, scale), radius, 255, -1, cv2.LINE_8,
+                   _SHIFT)
 
 
 @dataclass(frozen=True)
@@ -259,8 +280,8 @@ class _Layer:
     alpha: np.ndarray
 
 
-def _coverage(obj: SceneObject) -> _Layer:
-    """An object drawn at 4x inside its bounding box and box-filtered down: its coverage."""
+def _coverage(obj: SceneObject, size: int = SIZE) -> _Layer:
+    """An object drawn at 4x inside its bounding box and box-filtered down: its coverage in a size x size image."""
     cx, cy = obj.centre
     ex, ey = _extent(obj.shape, obj.radius)
     if obj.keypoints is not None:
@@ -269,11 +290,13 @@ def _coverage(obj: SceneObject) -> _Layer:
         box = (min(xs) - pad, min(ys) - pad, max(xs) + pad, max(ys) + pad)
     else:
         box = (cx - ex - 2, cy - ey - 2, cx + ex + 2, cy + ey + 2)
+    scale = 1 if size == SIZE else size / SIZE
+    box = (*_scaled(box[:2], scale), *_scaled(box[2:], scale))
     x0, y0 = max(0, int(math.floor(box[0]))), max(0, int(math.floor(box[1])))
-    x1, y1 = max(x0, min(SIZE, int(math.ceil(box[2])))), max(y0, min(SIZE, int(math.ceil(box[3]))))
+    x1, y1 = max(x0, min(size, int(math.ceil(box[2])))), max(y0, min(size, int(math.ceil(box[3]))))
     canvas = np.zeros(((y1 - y0) * SUPERSAMPLE, (x1 - x0) * SUPERSAMPLE), dtype=np.uint8)
     if canvas.size:
-        _draw(obj, canvas, (x0, y0))
+        _draw(obj, canvas, (x0, y0), scale)
         canvas = cv2.resize(canvas, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
     alpha = canvas.astype(np.float32) * np.float32(1 / 255)
     alpha.flags.writeable = False
@@ -281,9 +304,9 @@ def _coverage(obj: SceneObject) -> _Layer:
 
 
 @functools.lru_cache(maxsize=16)
-def _coverages(scene: Scene) -> tuple[_Layer, ...]:
+def _coverages(scene: Scene, size: int = SIZE) -> tuple[_Layer, ...]:
     """Every object's coverage, cached so the image, depth and masks of a scene draw once."""
-    return tuple(_coverage(obj) for obj in scene.objects)
+    return tuple(_coverage(obj, size) for obj in scene.objects)
 
 
 def _check_scene(scene: Scene) -> None:
@@ -298,12 +321,19 @@ def _check_scene(scene: Scene) -> None:
             raise ValueError(f"scene.objects[{i}] is a figure and needs {openpose.N_KEYPOINTS} keypoints")
 
 
-def render_image(scene: Scene) -> Image.Image:
-    """The scene as RGB: flat background, flat objects painted back to front, antialiased."""
+def render_image(scene: Scene, size: int = SIZE) -> Image.Image:
+    """The scene as RGB: flat background, flat objects painted back to front, antialiased.
+
+    `size` renders the same geometry at size x size (512: the ground truth a 4x upscaler of the
+    SIZE rendering learns); the default SIZE output is the one the embedded models were trained on.
+    """
     _check_scene(scene)
-    image = np.empty((SIZE, SIZE, 3), dtype=np.float32)
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size must be a positive whole number of pixels, got {size!r}")
+    size = int(size)
+    image = np.empty((size, size, 3), dtype=np.float32)
     image[:] = COLOURS[scene.background]
-    for obj, layer in zip(scene.objects, _coverages(scene)):
+    for obj, layer in zip(scene.objects, _coverages(scene, size)):
         box = image[layer.rows, layer.columns]
         box += layer.alpha[..., None] * (np.array(COLOURS[obj.colour], dtype=np.float32) - box)
     return Image.fromarray(np.rint(image).astype(np.uint8), "RGB")

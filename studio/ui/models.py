@@ -37,6 +37,15 @@ def lora_rows(services) -> list[list]:
             for row in services.registry.loras.describe()]
 
 
+UPSCALER_COLUMNS = ["upscaler", "kind", "scale", "size", "location", "problem"]
+
+
+def upscaler_rows(services) -> list[list]:
+    return [[row["name"], row["kind"], row.get("scale") or "", f"{row['size_bytes'] / 1e6:.2f} MB" if row["size_bytes"]
+             else "", row["path"] or "built in", f"cannot be used: {row['problem']}" if row.get("problem") else ""]
+            for row in services.registry.upscalers.describe()]
+
+
 def model_choices(services) -> list[tuple[str, str]]:
     return [(entry.label, entry.name) for entry in services.registry.entries().values()]
 
@@ -49,9 +58,10 @@ def build(ctx: UIContext) -> None:
     services = ctx.services
     models, registry = services.models, services.registry
     with gr.Tab("Models", id="models"):
-        gr.Markdown(f"Checkpoints are read from `{registry.checkpoints_dir}`, VAEs from `{registry.vae_dir}` and "
-                    f"ControlNets from `{registry.controlnet_dir}`, LoRAs from `{registry.loras.folder}` (A1111 layout). Pick the active model and VAE "
-                    "at the top of the page.")
+        gr.Markdown(f"Checkpoints are read from `{registry.checkpoints_dir}`, VAEs from `{registry.vae_dir}`, "
+                    f"ControlNets from `{registry.controlnet_dir}`, LoRAs from `{registry.loras.folder}`, upscalers "
+                    "from `ESRGAN/`, `RealESRGAN/`, `SwinIR/`, `DAT/` and `upscale_models/` there (A1111 layout). "
+                    "Pick the active model and VAE at the top of the page.")
         table = gr.Dataframe(model_rows(services), headers=COLUMNS, interactive=False, wrap=True,
                              elem_id="models-table")
         controlnets = gr.Dataframe(controlnet_rows(services), headers=["ControlNet", "source", "location",
@@ -59,6 +69,8 @@ def build(ctx: UIContext) -> None:
                                    interactive=False, wrap=True, elem_id="models-controlnets")
         loras = gr.Dataframe(lora_rows(services), headers=LORA_COLUMNS, interactive=False, wrap=True,
                              elem_id="models-loras")
+        upscalers = gr.Dataframe(upscaler_rows(services), headers=UPSCALER_COLUMNS, interactive=False, wrap=True,
+                                 elem_id="models-upscalers")
         with gr.Row():
             path = gr.Textbox(label="Add a model: path to a .safetensors file or diffusers folder, or a hub id "
                                     "(online machines only)", scale=4, elem_id="models-path")
@@ -86,9 +98,9 @@ def build(ctx: UIContext) -> None:
     @guarded
     def on_refresh():
         return {table: model_rows(services), controlnets: controlnet_rows(services), loras: lora_rows(services),
-                ctx.model: gr.update(choices=model_choices(services)), ctx.vae: gr.update(choices=vae_choices(services))}
+                upscalers: upscaler_rows(services), ctx.model: gr.update(choices=model_choices(services)), ctx.vae: gr.update(choices=vae_choices(services))}
 
-    refresh.click(on_refresh, outputs=[table, controlnets, loras, ctx.model, ctx.vae], api_name=False)
+    refresh.click(on_refresh, outputs=[table, controlnets, loras, upscalers, ctx.model, ctx.vae], api_name=False)
 
     @guarded
     def on_unload():
