@@ -17,7 +17,7 @@ from tests_support import fast_request, free_port
 
 from studio.ui.guard import field_of
 
-ENDPOINTS = ("txt2img", "inpaint", "outpaint", "control", "restore_run", "rerun_run")
+ENDPOINTS = ("txt2img", "inpaint", "outpaint", "control", "restore_run", "rerun_run", "xyz_plot", "upscale")
 # What must never reach a user: exception classes, SQL, tracebacks, file system internals.
 INTERNAL = re.compile(r"Traceback|sqlalchemy|\bSQL\b|INSERT INTO|\b[A-Z][A-Za-z]+(Error|Exception)\b|site-packages|"
                       r"/tmp/|\.py\b|/etc/|gradio/|\bNone\b|object at 0x")
@@ -46,6 +46,8 @@ def baseline(component, run_id: int):
         return run_id
     if isinstance(component, gr.Textbox):
         return "a red circle"
+    if isinstance(component, gr.Dropdown) and component.multiselect:
+        return []  # no style picked
     if isinstance(component, gr.Dropdown) and component.value in (None, []):
         return component.choices[0][1] if component.choices else None
     return component.value
@@ -68,6 +70,8 @@ def hostile_values(component, files: dict) -> list:
         return ["yes", "false", [], {}, 1, None]
     if isinstance(component, gr.Textbox):
         return [[], {}, 5, "a\ud800b", "a\x00b", "x" * 20_001]
+    if isinstance(component, gr.Dropdown) and component.multiselect:  # a list of choices (styles)
+        return [{}, "a", 5, None, ["no such choice"], [5], [[]]]
     if isinstance(component, (gr.Radio, gr.Dropdown)):
         values = [[], {}, ["a", "b"]]
         if not getattr(component, "allow_custom_value", False):
