@@ -207,3 +207,18 @@ def test_a_bad_setting_is_named_with_its_variable(cli, monkeypatch):
     monkeypatch.setenv("STUDIO_PORT", "abc")
     code, out, err = cli("history", "list")
     assert code == 2 and err.startswith("error: port: ") and "STUDIO_PORT" in err and err.count("\n") == 1
+
+
+def test_generate_with_a_style_and_hires_fix(cli):
+    (cli.data / "styles.csv").write_text("name,prompt,negative_prompt\nOil,oil painting of {prompt},blurry\n")
+    code, out, err = cli("generate", "--prompt", "a red circle", "--seed", "4", "--steps", "2", "--width", "64",
+                         "--height", "64", "--model", "tiny", "--style", "Oil", "--hires", "--hr-scale", "1.5",
+                         "--hr-upscaler", "Lanczos", "--json")
+    assert code == 0, err
+    [path] = json.loads(out)["outputs"]
+    image = Image.open(path)
+    assert image.size == (96, 96)
+    assert image.text["parameters"].startswith("oil painting of a red circle\nNegative prompt: blurry")
+    assert "Hires upscale: 1.5" in image.text["parameters"]
+    code, _, err = cli("generate", "--prompt", "x", "--steps", "2", "--model", "tiny", "--style", "Nope")
+    assert code == 2 and err.startswith("error: styles:") and "Nope" in err
