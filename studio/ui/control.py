@@ -13,9 +13,17 @@ from studio.engine import openpose
 from studio.engine.control import pose_map_from_keypoints, read_pose_json
 from studio.requests import CONTROL_UNIT_SPEC, MAX_CONTROL_UNITS, ControlRequest, control_unit
 from studio.ui import prompt_tools
-from studio.ui.context import DEVICE_QUEUE, TabRestore, UIContext
+from studio.ui.context import DEVICE_QUEUE, ImageSender, TabRestore, UIContext
 from studio.ui.guard import guarded, name_input
-from studio.ui.widgets import field_widget, generation_panel, result_widgets, tab_header, unit_widget, wire_results
+from studio.ui.widgets import (
+    field_widget,
+    generation_panel,
+    result_widgets,
+    selected_image,
+    tab_header,
+    unit_widget,
+    wire_results,
+)
 
 AUTOMATIC = "Automatic"
 DEPTH_BRUSH_GREYS = ["#ffffff", "#c0c0c0", "#808080", "#404040", "#000000"]
@@ -125,7 +133,9 @@ def build(ctx: UIContext, native_size: int) -> None:
                 panel = generation_panel("control", ctx.model, ctx.vae, native_size, prompt, negative, tools.styles)
             with gr.Column(scale=1):
                 progress, preview, gallery, info = result_widgets("control")
+                to_extras = gr.Button("Upscale (Extras)", size="sm", elem_id="control-send-extras")
         last = gr.State(None)
+    ctx.senders.append(ImageSender(to_extras, "extras", [last], selected_image))
 
     name_input(init_image, "init_image")
     name_input(strength, "denoise_strength")

@@ -114,6 +114,7 @@ def build(ctx: UIContext, native_size: int) -> None:
                 with gr.Row():
                     again = gr.Button("Inpaint this result again", size="sm", elem_id="inpaint-again")
                     to_outpaint = gr.Button("Send to outpaint", size="sm", elem_id="inpaint-send-outpaint")
+                    to_extras = gr.Button("Upscale (Extras)", size="sm", elem_id="inpaint-send-extras")
         last = gr.State(None)
 
     settings = dict(mask_blur=mask_blur, mask_mode=mask_mode, masked_content=masked_content, area=area,
@@ -178,3 +179,4 @@ def build(ctx: UIContext, native_size: int) -> None:
                                                          panel.fields["height"]], receive)
     ctx.senders.append(ImageSender(again, "inpaint", [last], selected_image))
     ctx.senders.append(ImageSender(to_outpaint, "outpaint", [last], selected_image))
+    ctx.senders.append(ImageSender(to_extras, "extras", [last], selected_image))

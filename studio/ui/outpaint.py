@@ -46,6 +46,7 @@ def build(ctx: UIContext, native_size: int) -> None:
                 with gr.Row():
                     again = gr.Button("Outpaint this result again", size="sm", elem_id="outpaint-again")
                     to_inpaint = gr.Button("Send to inpaint", size="sm", elem_id="outpaint-send-inpaint")
+                    to_extras = gr.Button("Upscale (Extras)", size="sm", elem_id="outpaint-send-extras")
         last = gr.State(None)
 
     settings = dict(image=image, infill=infill, overlap=overlap, feather=feather, strength=strength,
@@ -103,3 +104,4 @@ def build(ctx: UIContext, native_size: int) -> None:
     ctx.receivers["outpaint"] = ImageReceiver("outpaint", [image], lambda picture: {image: picture.convert("RGB")})
     ctx.senders.append(ImageSender(again, "outpaint", [last], selected_image))
     ctx.senders.append(ImageSender(to_inpaint, "inpaint", [last], selected_image))
+    ctx.senders.append(ImageSender(to_extras, "extras", [last], selected_image))
