@@ -97,6 +97,9 @@ def run_plot(runner, plot: PlotRequest, on_progress, cancel, rerun_of: int | Non
     from studio.jobs import Progress, RunResult
 
     started = time.perf_counter()
+    if rerun_of is not None:  # the cells of a re-run need the LoRA files the first cells used, unchanged
+        for child in runner.history.lineage(rerun_of)[1]:
+            runner.models.registry.loras.check_recorded(child.loras, child.id)
     base = runner.prepare(plot.base)  # model, size, seed and control maps made concrete once, for every cell
     plan = plan_cells(base, plot.axes(), max_cells=runner.settings.plot_max_cells,
                       known_models=list(runner.models.registry.entries()))

@@ -79,3 +79,19 @@ def test_a_bad_plot_is_refused_naming_its_axis_and_nothing_is_recorded(services)
         services.queue.submit(plot(x_type="Steps", x_values="ten"))
     assert caught.value.field == "x_values"
     assert services.history.search() == []
+
+
+def test_a_lora_weight_plot_and_its_rerun_check_the_lora_file(services):
+    from studio.micro.lora_files import random_factors, save_lora
+    from studio.micro.tiny import tiny_pipeline
+
+    path = save_lora(services.settings.models_dir / "Lora" / "outline.safetensors",
+                     random_factors(tiny_pipeline(0), seed=3, std=0.4))
+    request = PlotRequest(base=fast_request(prompt="a cube <lora:outline:1>"), x_type="LoRA weight", x_values="0, 1")
+    result = services.queue.run(request)
+    cells = [r for r in services.history.search() if r.parent_id == result.run_id]
+    assert sorted(r.prompt for r in cells) == ["a cube <lora:outline:0>", "a cube <lora:outline:1>"]
+    assert not np.array_equal(np.array(result.images[1]), np.array(result.images[2]))
+    save_lora(path, random_factors(tiny_pipeline(0), seed=4))
+    with pytest.raises(InputError, match="'outline' changed since run"):
+        services.runner.rerun(result.run_id)
