@@ -87,6 +87,8 @@ class GenerationPanel:
                     value = "Automatic"
                 if name == "model" and value is None:
                     continue
+                if isinstance(value, tuple):  # a multiselect (styles) takes a list; a tuple reads as one choice
+                    value = list(value)
                 result[component] = value
         return result
 
