@@ -2,7 +2,8 @@
 """Bootstrap the studio on a fresh machine, then run it (or its tests).
 
     python launch.py [serve options]   create .venv, install the pinned dependencies once, start the UI
-    python launch.py test [pytest args] same set-up (plus test tools and Debian's chromium), run the tests
+    python launch.py test [pytest args] same set-up (plus test tools, Debian's chromium, postgresql and
+                                        redis-server), run the tests
 
 Re-running skips what is already installed: a stamp in .venv records the hash of
 pyproject.toml the environment was installed from.
@@ -10,6 +11,7 @@ pyproject.toml the environment was installed from.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import re
@@ -23,6 +25,7 @@ VENV = ROOT / ".venv"
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "GRADIO_ANALYTICS_ENABLED": "False",
                "DO_NOT_TRACK": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
 CHROMIUM = "/usr/bin/chromium"
+POSTGRES_INITDB = "/usr/lib/postgresql/*/bin/initdb"  # Debian's layout, as tests/servers.py looks for it
 
 
 def venv_python() -> Path:
@@ -78,18 +81,42 @@ def ensure_environment(extras: str | None) -> Path:
     return python
 
 
+def can_apt_install() -> bool:
+    return bool(shutil.which("apt-get")) and hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def apt_install(packages: list[str]) -> None:
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    run(["apt-get", "update", "-q"], env=env)
+    run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages], env=env)
+
+
 def ensure_chromium() -> None:
     """The browser tests drive Debian's chromium; install it when we may (root with apt-get)."""
     if Path(CHROMIUM).exists():
         return
-    can_install = shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0
-    if not can_install:
+    if not can_apt_install():
         say(f"{CHROMIUM} is missing and cannot be installed here (needs root and apt-get); "
             "browser tests will fail in CI and skip elsewhere")
         return
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    run(["apt-get", "update", "-q"], env=env)
-    run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"], env=env)
+    apt_install(["chromium"])
+
+
+def ensure_servers() -> None:
+    """The history tests start their own PostgreSQL (and, later, Redis) from Debian's binaries.
+
+    Only the binaries are needed: tests/servers.py runs a throwaway cluster in a temp folder on a
+    free port, so a cluster the postgresql package may start as a service (port 5432) is not used.
+    """
+    missing = [package for package, found in (
+        ("postgresql", glob.glob(POSTGRES_INITDB)), ("redis-server", shutil.which("redis-server"))) if not found]
+    if not missing:
+        return
+    if not can_apt_install():
+        say(f"{', '.join(missing)}: not installed, and cannot be installed here (needs root and apt-get); "
+            "the tests that need them will fail in CI and skip elsewhere")
+        return
+    apt_install(missing)
 
 
 def main(argv: list[str]) -> int:
@@ -97,6 +124,7 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["test"]:
         python = ensure_environment("test")
         ensure_chromium()
+        ensure_servers()
         result = subprocess.run([str(python), "-m", "pytest", *argv[1:]], cwd=ROOT, env=env)
         if result.returncode == 5:
             say("pytest collected no tests: that is a failure, not a pass")

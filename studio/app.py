@@ -55,7 +55,7 @@ def build(settings: Settings | None = None) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if not settings.offline:
         os.environ["HF_HUB_OFFLINE"] = "0"
-    database = Database(settings.database_path)
+    database = Database(settings.database)
     history = HistoryStore(database, BlobStore(settings.blobs_dir))
     recovery = history.recover()
     if recovery.interrupted_runs:

@@ -28,6 +28,8 @@ from studio.settings import Settings
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="database, outputs and blobs (default: data/ or STUDIO_DATA_DIR)")
+    parser.add_argument("--database-url", metavar="URL", help="history in PostgreSQL: postgresql+psycopg://user:"
+                        "password@host/db (default: data-dir/history.sqlite, or STUDIO_DATABASE_URL)")
     parser.add_argument("--models-dir", type=Path, help="A1111-style models folder (default: models/)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -184,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     recover.add_argument("--replace", action="store_true",
                          help="then move the damaged file aside (.damaged-<time>) and put the new one in its place")
 
+    migrate = hsub.add_parser("migrate", help="copy this history (data-dir/history.sqlite) into an empty "
+                              "PostgreSQL database, for farm mode")
+    _common(migrate)
+    migrate.add_argument("--to", required=True, metavar="URL", dest="to",
+                         help="the target: postgresql+psycopg://user:password@host:5432/database (migrated to the "
+                              "current schema first; refused if it already holds runs)")
+
     models = sub.add_parser("models", help="list and add checkpoints")
     msub = models.add_subparsers(dest="action", required=True)
     mlist = msub.add_parser("list")
@@ -282,7 +291,7 @@ def build_request(args):
 
 def settings_from(args) -> Settings:
     overrides = {}
-    for name in ("data_dir", "models_dir", "host", "port"):
+    for name in ("data_dir", "database_url", "models_dir", "host", "port"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -299,7 +308,9 @@ def settings_from(args) -> Settings:
     except ValidationError as error:  # a bad STUDIO_* variable: name it, not pydantic's report
         problem = error.errors()[0]
         name = str(problem["loc"][0]) if problem.get("loc") else "setting"
-        raise InputError(f"{problem['msg']} (got {str(problem.get('input'))[:40]!r}); fix the STUDIO_{name.upper()} "
+        # a database URL may hold a password: its message says what is wrong without repeating it
+        got = "" if name == "database_url" else f" (got {str(problem.get('input'))[:40]!r})"
+        raise InputError(f"{problem['msg']}{got}; fix the STUDIO_{name.upper()} "
                          "environment variable or the option", field=name) from None
 
 
@@ -331,11 +342,38 @@ def record_summary(record, full: bool = False) -> dict:
     return data
 
 
+def _migrate(args, settings) -> int:
+    """history migrate: the SQLite file's rows into PostgreSQL (the files stay in the shared data folder)."""
+    from studio.history.transfer import copy_to_postgres
+    from studio.settings import normalize_database_url
+
+    try:
+        url = normalize_database_url(args.to)
+    except ValueError as error:
+        raise InputError(f"{error}; fix --to", field="to") from None
+    if url is None:
+        raise InputError("name the PostgreSQL database to copy the history into", field="to")
+    report = copy_to_postgres(settings.database_path, url)
+    rows = ", ".join(f"{table} {count}" for table, count in report.rows.items())
+    secret = " (with the password put back)" if "***" in report.target else ""
+    _emit(args, report.as_dict(), f"copied {report.source} into {report.target}: {rows} rows (counts verified "
+          f"in both). To use it: STUDIO_DATABASE_URL={report.target}{secret}, and the same "
+          f"{settings.blobs_dir} on every machine; {report.source} is left as it was")
+    return 0
+
+
 def _history_maintenance(args, settings) -> int:
-    """check / recover: they read the raw file, so they work when the history cannot be opened."""
+    """check / recover / migrate: they read the raw file, so they work when the history cannot be opened."""
     from studio.history.files import BlobStore
     from studio.history.maintenance import check_history, recover_history
 
+    if args.action == "migrate":
+        return _migrate(args, settings)
+    if settings.database_url:
+        raise InputError(f"`history {args.action}` works on the SQLite file {settings.database_path}, but "
+                         "STUDIO_DATABASE_URL puts the history in PostgreSQL: check that with the server's tools "
+                         "(pg_dump, pg_amcheck), or unset STUDIO_DATABASE_URL to work on the file",
+                         field="database_url")
     blobs = BlobStore(settings.blobs_dir)
     if args.action == "check":
         report = check_history(settings.database_path, blobs)
@@ -437,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
 
             serve(settings, open_browser=not args.no_browser)
             return 0
-        if args.command == "history" and args.action in ("check", "recover"):
+        if args.command == "history" and args.action in ("check", "recover", "migrate"):
             return _history_maintenance(args, settings)
         from studio.app import build
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -20,6 +20,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         REPO_ROOT / "data",
         description="Holds the history database, the blob store (inputs and outputs) and generated placeholder models.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="History in PostgreSQL instead of data_dir/history.sqlite: postgresql+psycopg://user:password@"
+        "host:5432/database (files stay in data_dir/blobs, which every machine must share).",
     )
     models_dir: Path = Field(
         REPO_ROOT / "models",
@@ -80,9 +85,20 @@ class Settings(BaseSettings):
         2, ge=0, description="Show a live preview every N sampling steps (0 turns previews off)."
     )
 
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _database_url(cls, value):
+        return normalize_database_url(value)
+
     @property
     def database_path(self) -> Path:
+        """The SQLite history file (the history unless database_url names a server; `history migrate` reads it)."""
         return self.data_dir / "history.sqlite"
+
+    @property
+    def database(self) -> Path | str:
+        """Where the history lives: the PostgreSQL URL if one is set, else the SQLite file."""
+        return self.database_url or self.database_path
 
     @property
     def blobs_dir(self) -> Path:
@@ -91,6 +107,24 @@ class Settings(BaseSettings):
     @property
     def bind_host(self) -> str:
         return "0.0.0.0" if self.listen else self.host
+
+
+POSTGRES_SCHEMES = ("postgresql+psycopg", "postgresql", "postgres")
+
+
+def normalize_database_url(value):
+    """None for empty; a PostgreSQL URL with the psycopg 3 driver named; anything else is refused."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    value = str(value).strip()
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in POSTGRES_SCHEMES or not rest:
+        # the value itself is never repeated: it may hold a password
+        got = f"a {scheme!r} URL" if sep and len(scheme) < 30 else "no scheme://"
+        raise ValueError(f"a database URL must look like postgresql+psycopg://user:password@host:5432/database "
+                         f"({got}); leave it empty for the SQLite file in data_dir")
+    # SQLAlchemy's default driver for postgresql:// is psycopg2, which is not installed: name psycopg 3
+    return f"postgresql+psycopg://{rest}"
 
 
 def describe_settings() -> list[tuple[str, object, str]]:

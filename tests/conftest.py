@@ -1,4 +1,4 @@
-"""Shared fixtures: real SQLite files in tmp dirs, tiny diffusers models built in code."""
+"""Shared fixtures: real SQLite files in tmp dirs, a real PostgreSQL server, tiny diffusers models built in code."""
 
 from __future__ import annotations
 
@@ -48,3 +48,39 @@ def services(settings, tiny_model_dir):
     built.registry.add(str(tiny_model_dir), name=TINY)
     yield built
     built.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the whole session (tests/servers.py); skipped where none can run, failed in CI."""
+    from servers import PostgresServer, missing_reason
+
+    reason = missing_reason()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must test the PostgreSQL history: {reason}")
+        pytest.skip(reason)
+    server = PostgresServer()
+    try:
+        server.start()
+    except Exception:
+        server.stop()
+        raise
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A fresh, empty database on the session's server; dropped after the test."""
+    name = postgres_server.create_database()
+    yield postgres_server.url(name)
+    postgres_server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def history_location(request, tmp_path):
+    """Where a test's history lives: a SQLite file, then an empty PostgreSQL database (the server starts only then)."""
+    if request.param == "sqlite":
+        return tmp_path / "history.sqlite"
+    return request.getfixturevalue("postgres_url")

@@ -29,3 +29,19 @@ def test_readme_documents_every_setting():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for name, _default, _help in describe_settings():
         assert f"STUDIO_{name.upper()}" in readme, f"README lacks STUDIO_{name.upper()}"
+
+
+def test_database_url_names_postgresql_or_nothing(monkeypatch, tmp_path):
+    import pytest
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("STUDIO_DATA_DIR", str(tmp_path))
+    assert Settings().database_url is None and Settings().database == Path(tmp_path) / "history.sqlite"
+    monkeypatch.setenv("STUDIO_DATABASE_URL", "")
+    assert Settings().database == Path(tmp_path) / "history.sqlite"
+    monkeypatch.setenv("STUDIO_DATABASE_URL", "postgresql://u:p@db:5432/studio")
+    assert Settings().database == "postgresql+psycopg://u:p@db:5432/studio"  # the installed driver, psycopg 3
+    monkeypatch.setenv("STUDIO_DATABASE_URL", "mysql://u:hunter2@db/studio")
+    with pytest.raises(ValidationError, match="postgresql\\+psycopg://user:password@host") as raised:
+        Settings()
+    assert "hunter2" not in str(raised.value).split("input_value")[0]

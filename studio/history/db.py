@@ -1,4 +1,5 @@
-"""SQLAlchemy engine for the history file (WAL, foreign keys, busy timeout) and the one transaction scope."""
+"""SQLAlchemy engine for the history (a SQLite file: WAL, foreign keys, busy timeout; or a PostgreSQL URL)
+and the one transaction scope."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from studio.errors import HistoryError
+from studio.history import postgres
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 BUSY_TIMEOUT_MS = 10_000
@@ -56,10 +58,12 @@ def head_revision(engine: Engine) -> str:
     return ScriptDirectory.from_config(_alembic_config(engine)).get_current_head()
 
 
-def migrate(engine: Engine, path: Path) -> str | None:
-    """Bring the schema to the newest revision; back the file up first if it already has data.
+def migrate(engine: Engine, path: Path | None) -> str | None:
+    """Bring the schema to the newest revision; back a SQLite file up first if it already has data.
 
-    Returns the path of the backup, if one was made.
+    Returns the path of the backup, if one was made. A PostgreSQL history (path None) gets no copy
+    from us: a server's data is backed up with pg_dump (or its own snapshots), which we cannot do
+    for it from here and which the server's operator already runs.
     """
     from alembic import command
 
@@ -67,7 +71,7 @@ def migrate(engine: Engine, path: Path) -> str | None:
     if current == head:
         return None
     backup = None
-    if path.exists() and inspect(engine).get_table_names():
+    if path is not None and path.exists() and inspect(engine).get_table_names():
         backup = path.with_name(f"{path.name}.before-{head}.bak")
         if not backup.exists():
             with engine.connect() as connection:
@@ -86,8 +90,11 @@ def recovery_advice(path: Path) -> str:
             "with --data-dir (the damaged file stays as it is)")
 
 
-def history_problem(error: BaseException, path: Path) -> HistoryError | None:
-    """The artist's message for a database failure that is not a bug of ours (damage, full disk, a lock)."""
+def history_problem(error: BaseException, path: Path | str) -> HistoryError | None:
+    """The artist's message for a database failure that is not a bug of ours (damage, full disk, a lock,
+    a PostgreSQL server that cannot be reached or refuses the login)."""
+    if postgres.is_url(path):
+        return postgres.postgres_problem(error, path)
     original = getattr(error, "orig", error)
     if not isinstance(original, sqlite3.Error):
         return None
@@ -108,15 +115,20 @@ def history_problem(error: BaseException, path: Path) -> HistoryError | None:
 
 
 class Database:
-    """The history database: an engine plus the transaction scope every write goes through."""
+    """The history database: an engine plus the transaction scope every write goes through.
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    `where` is a Path (a SQLite file) or a URL string (postgresql+psycopg://user:password@host/db).
+    """
+
+    def __init__(self, where: Path | str):
+        self.url = where if postgres.is_url(where) else None
+        self.path = None if self.url else Path(where)
+        self.shown = postgres.shown(self.url) if self.url else str(self.path)  # for messages: no password
         try:
-            self.engine = make_engine(self.path)
+            self.engine = postgres.make_engine(self.url) if self.url else make_engine(self.path)
             self.backup_path = migrate(self.engine, self.path)
         except (exc.DBAPIError, sqlite3.Error) as error:
-            problem = history_problem(error, self.path)
+            problem = history_problem(error, self.location)
             if problem is None:
                 raise
             raise problem from error
@@ -131,7 +143,7 @@ class Database:
             session.commit()
         except exc.DBAPIError as error:
             session.rollback()
-            problem = history_problem(error, self.path)
+            problem = history_problem(error, self.location)
             if problem is None:
                 raise
             raise problem from error
@@ -140,6 +152,11 @@ class Database:
             raise
         finally:
             session.close()
+
+    @property
+    def location(self) -> Path | str:
+        """The file or the URL (with its password: for connecting, never for printing; that is `shown`)."""
+        return self.url or self.path
 
     def close(self) -> None:
         self.engine.dispose()

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, Boolean, CheckConstraint, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, CheckConstraint, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 RUN_STATUSES = ("running", "done", "failed", "interrupted")
 MAX_RUN_ID = 2**63 - 1  # SQLite's largest integer: a larger id names no run (and cannot even be bound)
+
+# Seeds go to 2**32 - 1 and ids to MAX_RUN_ID: SQLite's INTEGER holds 64 bits, PostgreSQL's only 32,
+# so there these columns are BIGINT (ids BIGSERIAL). SQLite keeps INTEGER: only an INTEGER PRIMARY KEY
+# is the rowid that autoincrements, and its schema stays what migration 0001 made.
+Int64 = Integer().with_variant(BigInteger(), "postgresql")
 
 
 def utcnow() -> datetime:
@@ -28,7 +33,7 @@ class Blob(Base):
     # Hash of the decoded pixels: lets a later run find the run whose output it starts from,
     # even though output files carry parameters that the re-encoded input does not.
     pixels_sha256: Mapped[str] = mapped_column(String(64), index=True)
-    size_bytes: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(Int64)
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -40,7 +45,7 @@ class Run(Base):
     __tablename__ = "runs"
     __table_args__ = (CheckConstraint(f"status IN {RUN_STATUSES}", name="ck_runs_status"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(Int64, primary_key=True, autoincrement=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     status: Mapped[str] = mapped_column(String(16), default="running", index=True)
@@ -53,7 +58,7 @@ class Run(Base):
     scheduler: Mapped[dict] = mapped_column(JSON)
     prompt: Mapped[str] = mapped_column(Text)
     negative_prompt: Mapped[str] = mapped_column(Text)
-    seed: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(Int64)
     seeds: Mapped[list] = mapped_column(JSON)
     steps: Mapped[int] = mapped_column(Integer)
     cfg_scale: Mapped[float] = mapped_column(Float)
@@ -68,8 +73,8 @@ class Run(Base):
     device: Mapped[str] = mapped_column(String(64))
     dtype: Mapped[str] = mapped_column(String(16))
     versions: Mapped[dict] = mapped_column(JSON)
-    parent_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), index=True)
-    rerun_of: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    parent_id: Mapped[int | None] = mapped_column(Int64, ForeignKey("runs.id", ondelete="SET NULL"), index=True)
+    rerun_of: Mapped[int | None] = mapped_column(Int64, ForeignKey("runs.id", ondelete="SET NULL"))
     starred: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     # the process that runs it (host:pid:start) and when it last said it was alive (migration 0002)
     owner: Mapped[str | None] = mapped_column(String(255))
@@ -92,12 +97,12 @@ class RunImage(Base):
     __tablename__ = "run_images"
     __table_args__ = (CheckConstraint("role IN ('input', 'output')", name="ck_run_images_role"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    id: Mapped[int] = mapped_column(Int64, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(Int64, ForeignKey("runs.id", ondelete="CASCADE"), index=True)
     role: Mapped[str] = mapped_column(String(8))
     name: Mapped[str] = mapped_column(String(64))
     position: Mapped[int] = mapped_column(Integer, default=0)
     blob_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256", ondelete="RESTRICT"), index=True)
-    seed: Mapped[int | None] = mapped_column(Integer)
+    seed: Mapped[int | None] = mapped_column(Int64)
 
     run: Mapped[Run] = relationship(back_populates="images")

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from PIL import Image
@@ -19,6 +19,14 @@ from studio.history.owner import HEARTBEAT_S, owner_is_gone, this_process
 from studio.history.schema import MAX_RUN_ID, Blob, Run, RunImage, utcnow
 
 _RUN_COLUMNS = [c.key for c in Run.__table__.columns]
+
+
+def _as_naive_utc(value):
+    """A datetime as SQLite gives it back (naive, in UTC): PostgreSQL returns it aware, and a record must
+    read the same from either backend (callers compare and print them)."""
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+    return value
 
 
 def _run_or_none(session, run_id) -> Run | None:
@@ -264,7 +272,7 @@ class HistoryStore:
     # -- reading ---------------------------------------------------------------------------
 
     def _record(self, run: Run) -> RunRecord:
-        values = {name: getattr(run, name) for name in _RUN_COLUMNS}
+        values = {name: _as_naive_utc(getattr(run, name)) for name in _RUN_COLUMNS}
         refs = {"input": [], "output": []}
         for image in sorted(run.images, key=lambda i: (i.role, i.position)):
             refs[image.role].append(ImageRef(image.name, image.position, image.blob_sha256,

@@ -43,7 +43,7 @@ def launch(services: Services, *, open_browser: bool = False, block: bool = True
 def serve(settings: Settings, open_browser: bool = True) -> None:
     services = build(settings)
     where = services.placement
-    print(f"studio: models run on {where.description} ({where.dtype_name}); history in {settings.database_path}")
+    print(f"studio: models run on {where.description} ({where.dtype_name}); history in {services.database.shown}")
     print(f"studio: open http://{settings.host if not settings.listen else '0.0.0.0'}:{settings.port}", flush=True)
     try:
         launch(services, open_browser=open_browser, block=True)

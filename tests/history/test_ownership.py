@@ -66,8 +66,8 @@ def test_a_second_process_leaves_a_live_run_alone(settings, tiny_model_dir, capl
 
 
 @pytest.fixture
-def store(tmp_path):
-    db = Database(tmp_path / "history.sqlite")
+def store(history_location, tmp_path):
+    db = Database(history_location)
     yield HistoryStore(db, BlobStore(tmp_path / "blobs"))
     db.close()
 
@@ -103,7 +103,21 @@ def test_the_heartbeat_moves_while_a_run_goes(store):
         wait_for(lambda: store.get(run_id).heartbeat_at > first, timeout=10)
 
 
-def test_a_run_deleted_while_running_is_not_resurrected(services):
+@pytest.fixture
+def services_on(history_location, settings, tiny_model_dir):
+    """The real composition root with its history on SQLite, then on PostgreSQL."""
+    from studio.app import build
+
+    if isinstance(history_location, str):
+        settings = settings.model_copy(update={"database_url": history_location})
+    built = build(settings)
+    built.registry.add(str(tiny_model_dir), name=settings.default_model)
+    yield built
+    built.close()
+
+
+def test_a_run_deleted_while_running_is_not_resurrected(services_on):
+    services = services_on
     release, outcome = threading.Event(), {}
 
     def hold(progress):

@@ -1,4 +1,5 @@
-"""History on a real SQLite file: rows, blobs, deletes, search, lineage, crash recovery, migrations."""
+"""History on a real SQLite file and a real PostgreSQL database: rows, blobs, deletes, search, lineage,
+crash recovery, migrations. Tests taking `store` run on both ([sqlite], [postgresql])."""
 
 from pathlib import Path
 
@@ -11,13 +12,13 @@ from tests_support import history_row as row
 from studio.errors import NotFound
 from studio.history.db import Database, current_revision, head_revision
 from studio.history.files import BlobStore
-from studio.history.schema import Run
+from studio.history.schema import MAX_RUN_ID, Run
 from studio.history.store import HistoryStore
 
 
 @pytest.fixture
-def store(tmp_path):
-    db = Database(tmp_path / "history.sqlite")
+def store(history_location, tmp_path):
+    db = Database(history_location)
     yield HistoryStore(db, BlobStore(tmp_path / "blobs"))
     db.close()
 
@@ -26,13 +27,32 @@ def solid(colour, size=(8, 8)):
     return Image.new("RGB", size, colour)
 
 
-def test_pragmas_and_schema(store):
-    with store.db.engine.connect() as connection:
+def test_sqlite_pragmas(tmp_path):
+    db = Database(tmp_path / "history.sqlite")
+    with db.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 10_000
+    db.close()
+
+
+def test_schema_at_head(store):
     assert {"runs", "run_images", "blobs", "alembic_version"} <= set(inspect(store.db.engine).get_table_names())
     assert current_revision(store.db.engine) == head_revision(store.db.engine)
+
+
+def test_largest_seeds_and_ids(store):
+    """Seeds reach 2**32 - 1 and ids SQLite's 2**63 - 1: PostgreSQL's 32-bit INTEGER holds neither."""
+    top = 2**32 - 1
+    run_id = store.start(row(seed=top, seeds=[top]), {})
+    with store.db.transaction() as session:  # an id as large as SQLite allows (a copied or salvaged history)
+        session.execute(update(Run).where(Run.id == run_id).values(id=MAX_RUN_ID))
+    store.finish(MAX_RUN_ID, [(solid("blue"), top, "x", None)])
+    record = store.get(MAX_RUN_ID)
+    assert record.seed == top and record.seeds == [top] and record.outputs[0].seed == top
+    assert store.run_with_output(solid("blue")) == MAX_RUN_ID
+    with pytest.raises(NotFound):
+        store.get(run_id)
 
 
 def test_run_lifecycle_writes_files_before_done(store):
