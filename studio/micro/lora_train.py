@@ -1,32 +1,37 @@
-"""Train and measure micro-outlined: a style LoRA for the embedded model (a thick black outline round every object).
+"""Train and measure micro-framed: a style LoRA for the embedded model (a black frame round the picture).
 
-    python -m studio.micro.lora_train --minutes 12 --out assets/loras/micro-outlined.safetensors
+    python -m studio.micro.lora_train --minutes 12 --out assets/loras/micro-framed.safetensors
     python -m studio.micro.lora_train eval --n 100 --json
 
-The base model never saw an outline: the world draws flat objects on flat backgrounds. Training
-renders the world's scenes with every object outlined (`render_styled`), keeps the world's own
-captions (the `<lora:micro-outlined:1>` tag is the trigger, so no trigger word is taught), and
-trains rank-8 LoRA factors on the UNet's attention projections (to_q, to_k, to_v, to_out.0) with
-the base model frozen, on the base training's objective: epsilon prediction on the frozen VAE's
-latents, SD1.5's DDPM schedule, min-SNR (gamma 5) weights, offset noise and 10% caption dropout
-(`studio.micro.phases`). Every draw is seeded. The factors are exported in the kohya layout
-(`studio.micro.lora_files`), the layout A1111 users have.
+The base model never saw a frame: the world draws flat objects on flat backgrounds reaching the
+picture's edges. Training renders the world's scenes with a black frame FRAME_WIDTH px wide painted
+over their edges (`render_styled`), keeps the world's own captions (the `<lora:micro-framed:1>` tag
+is the trigger, so no trigger word is taught), and trains rank-16 LoRA factors on the UNet's
+attention projections (to_q, to_k, to_v, to_out.0) with the base model frozen, on the base
+training's objective: epsilon prediction on the frozen VAE's latents, SD1.5's DDPM schedule,
+min-SNR (gamma 5) weights, offset noise and 10% caption dropout (`studio.micro.phases`). Every draw
+is seeded (`--steps` repeats a run exactly; `--minutes` stops where the clock says). The factors
+are exported in the kohya layout (`studio.micro.lora_files`), the layout A1111 users have.
 
 A LoRA is a difference to one UNet's weights: retrain it whenever the base UNet changes. The file
 records the hash of the UNet it was trained against (`studio_base_unet_sha256`) and the test of the
 shipped file fails when the embedded UNet no longer matches.
 
-Why an outline and not hatching: both go through the base VAE, which was trained on flat scenes
-only and whose latent cells are 8 px. Its encoder turns 8-16 px hatching into blotches, so the
-UNet could never learn stripes from those latents; a 6 px outline outside the object survives the
-encoder and decoder as a dark ring (see assets/loras/TRAINING.md).
+Why a frame: no LoRA on the UNet draws what the frozen base VAE cannot decode, and that VAE, trained
+on the world's flat scenes only, decodes little else. It turns hatching into blotches, returns a
+6-10 px outline round an object as a dark ring with the object's colour often lost (a LoRA trained on
+those reached 15% outlined with the tag, and spoiled colour and shape), and snaps pastel colours
+back to the world's palette. A black band two latent cells wide (16 px) along the edges survives
+its encoder and decoder in every scene tried (TRAINING.md).
 
-The detector (`outline_score`): find the object's coloured core (pixels far from the background
-colour and not dark), then look at a ring 2-4 px outside it; an image is outlined when most of
-that ring is dark (CIELAB L* below 25: the world's black is L* 7, its darkest other colour, purple,
-is L* 41). A plain object's ring is background, an outlined one's is the outline. A black object
-has no coloured core and a black background hides an outline, so the measured prompts name
-neither (training renders every scene).
+The detector (`frame_score`): the median CIELAB lightness of the band BAND px in from the edges
+(the outermost pixels are skipped, as the decoder tints them) against that of the ring just inside
+the frame. A picture is framed when the band is dark (L* at most FRAME_MAX_L) and at least
+FRAME_CONTRAST_L darker than what it frames: the base VAE decodes the black frame as a very dark
+green or blue, and a picture dark all over (a black background) has no frame. The measured prompts
+never name a black background (training renders every scene). What the frame holds is read by the
+studio's judge after the frame is painted over with the colour just inside it (`unframed`), the same
+way with and without the tag.
 """
 
 from __future__ import annotations
@@ -48,17 +53,16 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import cv2
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from studio.micro import world
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_MODEL = ROOT / "assets" / "models" / "micro-sd"
-NAME = "micro-outlined"
+NAME = "micro-framed"
 DEFAULT_OUT = ROOT / "assets" / "loras" / f"{NAME}.safetensors"
 
-OUTLINE_WIDTH = 10.0  # px at 128; thinner outlines do not survive the base VAE (TRAINING.md)
-OUTLINE_COLOUR = world.COLOURS["black"]
+FRAME_WIDTH = 16  # px at 128: two latent cells; 8 and 12 px come back from the base VAE broken (TRAINING.md)
+FRAME_COLOUR = world.COLOURS["black"]
 
 # Scene seeds: training draws from a block no base phase used (the base phases use 0-9,000,000,
 # studio.micro.scenes.SEED_BLOCKS); the measure from far above the held-out offset, away from the
@@ -67,62 +71,43 @@ OUTLINE_COLOUR = world.COLOURS["black"]
 TRAIN_SEED_START = 9_000_000
 EVAL_SEED_START = 10_900_000
 
-RANK = 8
-LR = 1e-3
-BATCH = 8
+# 2e-3 is about the most this LoRA takes: 4e-3 diverged after ~500 steps (TRAINING.md).
+RANK = 16
+LR = 2e-3
+BATCH = 8  # the CPU's samples/s hardly changes with the batch (21 at 8, 24 at 32): small steps, more of them
 WARMUP = 50
-POOL = 64  # scenes rendered, encoded and inverted for training
-INVERT_ITERATIONS = 25
-INVERT_LR = 0.1
-INVERT_PULL = 0.05
-CHECK = 32
+POOL = 1024  # scenes rendered, encoded and decoded for training (about three minutes); ~40% are kept
 GRAD_CLIP = 1.0
 
 # Detector thresholds (pixels of a 128 image).
-DARK_L = 25.0
-RIM = (2, 4)  # the band read for the outline, in px inside the object's outer edge
-MIN_AREA = 40  # the judge's smallest object
-MIN_INSIDE = 20  # pixels, about a 5 px disc: what an outlined object must hold that is not dark
-OUTLINED_SHARE = 0.5  # dark share of the ring above which an object counts as outlined
+DARK_L = 25.0  # CIELAB L* of a dark pixel (the world's black is L* 6, its darkest other colour, purple, L* 39)
+BAND = (3, 10)  # px in from the edges: the band read for the frame
+INSIDE = (FRAME_WIDTH + 4, FRAME_WIDTH + 8)  # the ring just inside the frame: what it frames
+FRAME_MAX_L = 50.0  # the band's median L* at most this (a dark band) ...
+FRAME_CONTRAST_L = 20.0  # ... and at least this much below the median L* of the ring inside it
 
 
 # ---------------------------------------------------------------------------- the style
 
 
-def render_styled(scene: world.Scene, style: str = "outlined") -> Image.Image:
-    """The scene as world.render_image draws it, with a black outline OUTLINE_WIDTH px wide round each object.
+def render_styled(scene: world.Scene, style: str = "framed") -> Image.Image:
+    """The scene as world.render_image draws it, with a black frame FRAME_WIDTH px wide painted over its edges.
 
-    The outline lies outside the object, so the object keeps its colour, shape and size. Objects
-    are composited back to front, each one's outline first: a nearer object and its outline cover a
-    farther one. Each object's antialiased coverage is read back from the world's own rendering
-    (objects never overlap, so every pixel near an object blends its colour with the background's
-    only), which keeps the edges exactly as the world draws them.
+    The frame covers whatever lies under it (an object near an edge is cut, as a passe-partout cuts a
+    print); everything inside it is the world's rendering, pixel for pixel.
     """
-    if style != "outlined":
-        raise ValueError(f"unknown style {style!r}; this LoRA draws 'outlined'")
-    base = np.asarray(world.render_image(scene), dtype=np.float32)
-    background = np.array(world.COLOURS[scene.background], dtype=np.float32)
-    black = np.array(OUTLINE_COLOUR, dtype=np.float32)
-    out = np.empty_like(base)
-    out[:] = background
-    near = np.ones((5, 5), np.uint8)
-    for obj, silhouette in zip(scene.objects, world.render_silhouettes(scene)):
-        colour = np.array(world.COLOURS[obj.colour], dtype=np.float32)
-        direction = colour - background
-        # Coverage = where the pixel sits between background and object colour, near this object only.
-        around = cv2.dilate(silhouette.astype(np.uint8), near).astype(bool)
-        alpha = np.clip((base - background) @ direction / float(direction @ direction), 0.0, 1.0) * around
-        outside = ndimage.distance_transform_edt(~silhouette)
-        ring = np.clip(OUTLINE_WIDTH + 0.5 - outside, 0.0, 1.0)  # antialiased outer edge
-        out += ring[..., None] * (black - out)
-        out += alpha[..., None] * (colour - out)
-    return Image.fromarray(np.rint(out).astype(np.uint8), "RGB")
+    if style != "framed":
+        raise ValueError(f"unknown style {style!r}; this LoRA draws 'framed'")
+    pixels = np.array(world.render_image(scene))
+    w = FRAME_WIDTH
+    pixels[:w], pixels[-w:], pixels[:, :w], pixels[:, -w:] = (FRAME_COLOUR,) * 4
+    return Image.fromarray(pixels, "RGB")
 
 
 class StyledWorld:
     """studio.micro.world with render_image drawing the style: what SceneRenderer renders training scenes from."""
 
-    def __init__(self, style: str = "outlined"):
+    def __init__(self, style: str = "framed"):
         self.style = style
 
     def __getattr__(self, name):
@@ -140,104 +125,48 @@ def _lab(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(flat, cv2.COLOR_RGB2LAB).reshape(np.shape(rgb))
 
 
-_PALETTE = {name: _lab(np.array(rgb, dtype=np.float32)) for name, rgb in world.COLOURS.items()}
-
-
-def _background(rgb: np.ndarray) -> tuple[str, np.ndarray]:
-    """The named colour of the 2 px frame's majority, and the frame's median Lab value of that colour."""
-    frame = np.concatenate([rgb[:2].reshape(-1, 3), rgb[-2:].reshape(-1, 3), rgb[:, :2].reshape(-1, 3),
-                            rgb[:, -2:].reshape(-1, 3)])
-    lab = _lab(frame)
-    names = list(_PALETTE)
-    labels = np.argmin(np.stack([np.linalg.norm(lab - _PALETTE[n], axis=-1) for n in names]), axis=0)
-    index = int(np.bincount(labels, minlength=len(names)).argmax())
-    return names[index], np.median(lab[labels == index], axis=0)
+def _band(shape, first: int, last: int) -> np.ndarray:
+    """True on the pixels `first` to `last` px (exclusive) in from the nearest edge."""
+    band = np.zeros(shape[:2], bool)
+    band[first:shape[0] - first, first:shape[1] - first] = True
+    band[last:shape[0] - last, last:shape[1] - last] = False
+    return band
 
 
 @dataclass
-class OutlineReading:
-    """What the detector saw: the background's name and, per object (largest first), its region, the dark share
-    of its rim (RIM px inside its edge) and how many pixels deeper than that are not dark."""
+class FrameReading:
+    """What the detector saw: the dark share of the band BAND px in from the edges, and the median lightness
+    of the band and of the ring just inside the frame (INSIDE px in)."""
 
-    background: str
-    regions: list[np.ndarray]
-    rim_dark: list[float]
-    inside_light: list[int]
-
-    def object_outlined(self, i: int) -> bool:
-        return self.rim_dark[i] >= OUTLINED_SHARE and self.inside_light[i] >= MIN_INSIDE
+    band_dark: float
+    band_l: float
+    inside_l: float
 
     @property
-    def outlined(self) -> bool:
-        """The largest object is outlined (the measured prompts name one object)."""
-        return bool(self.regions) and self.object_outlined(0)
-
-    @property
-    def all_outlined(self) -> bool:
-        return bool(self.regions) and all(self.object_outlined(i) for i in range(len(self.regions)))
+    def framed(self) -> bool:
+        # Dark, and dark against what it frames: the base VAE decodes the black frame as a very dark green or
+        # blue (L* 10-45, darker on dark backgrounds), and a picture dark all over (a black background) has none.
+        return self.band_l <= FRAME_MAX_L and self.inside_l - self.band_l >= FRAME_CONTRAST_L
 
 
-def outline_score(image: Image.Image) -> OutlineReading:
-    """Find the objects as the judge does (pixels far from the background colour) and read each one's rim.
+def frame_score(image: Image.Image) -> FrameReading:
+    lightness = _lab(np.asarray(image.convert("RGB")))[..., 0]
+    band = lightness[_band(lightness.shape, *BAND)]
+    inside = lightness[_band(lightness.shape, *INSIDE)]
+    return FrameReading(float((band < DARK_L).mean()), float(np.median(band)), float(np.median(inside)))
 
-    An object is outlined when most of its rim, the band RIM px inside its outer edge, is dark and
-    something deeper inside is not (a solid black object is not an outlined one). The band skips the
-    outermost pixel, a blend with the background. A plain object's rim is its own colour; an outlined
-    one's is the outline. Whether the colour inside is the right one is not the detector's business:
-    `content` reads that.
+
+def unframed(image: Image.Image) -> Image.Image:
+    """The picture with its outer FRAME_WIDTH + 2 px painted the median colour just inside them.
+
+    What the judge reads for colour, shape and background, with or without the tag: the judge takes the
+    background from the picture's edges, which a frame would make black.
     """
-    rgb = np.asarray(image.convert("RGB"))
-    # A median filter removes the sampler's pixel noise without moving edges (as the judge does).
-    lab = _lab(cv2.medianBlur(np.ascontiguousarray(rgb), 3))
-    background, background_lab = _background(rgb)
-    # Foreground as the judge draws it: farther from the background than 0.45 of its nearest named neighbour.
-    others = [float(np.linalg.norm(_PALETTE[n] - _PALETTE[background])) for n in _PALETTE if n != background]
-    threshold = float(np.clip(0.45 * min(others), 12.0, 25.0))
-    far = np.linalg.norm(lab - background_lab, axis=-1) > threshold
-    far = cv2.morphologyEx(far.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    dark = lab[..., 0] < DARK_L
-    count, labels = cv2.connectedComponents(far, connectivity=8)
-    regions = [ndimage.binary_fill_holes(labels == n) for n in range(1, count)]
-    regions = sorted((r for r in regions if r.sum() >= MIN_AREA), key=lambda r: int(r.sum()), reverse=True)
-    rim_dark, inside_light = [], []
-    for region in regions:
-        depth = ndimage.distance_transform_edt(region)
-        rim = (depth >= RIM[0]) & (depth <= RIM[1])
-        rim_dark.append(float(dark[rim].mean()) if rim.any() else 0.0)
-        inside_light.append(int(((depth > RIM[1]) & ~dark).sum()))
-    return OutlineReading(background, regions, rim_dark, inside_light)
-
-
-def content(image: Image.Image, reading: OutlineReading | None = None) -> dict:
-    """Colour and shape of the largest object and the background, read the same way with or without an outline.
-
-    The judge's own colour reading is thrown off by an outline (its colour is the median of the pixels
-    farthest from the background, which on a light background is the black ring), so this reads the
-    detector's largest region: colour = the named colour (not black, not the background) nearest the
-    median of its pixels that are not dark; shape = the judge's classification of the region, or of its
-    part that is not dark when the region is outlined (an outline outside the object rounds its corners).
-    """
-    from studio.micro import judge
-
-    reading = reading or outline_score(image)
-    result = {"background": reading.background, "colour": None, "shape": None}
-    if not reading.regions:
-        return result
-    region = reading.regions[0]
-    rgb = np.asarray(image.convert("RGB"))
-    lab = _lab(rgb)
-    light = region & (lab[..., 0] >= DARK_L)
-    if light.sum() >= MIN_AREA:
-        median = np.median(lab[light], axis=0)
-        candidates = [n for n in _PALETTE if n not in ("black", reading.background)]
-        result["colour"] = min(candidates, key=lambda n: float(np.linalg.norm(_PALETTE[n] - median)))
-    shape_mask = region
-    if reading.outlined and light.sum() >= MIN_AREA:
-        count, labels = cv2.connectedComponents(light.astype(np.uint8), connectivity=8)
-        sizes = np.bincount(labels.ravel())[1:]
-        shape_mask = ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
-    result["shape"] = judge.classify_shape(judge.shape_features(shape_mask))
-    return result
+    rgb = np.array(image.convert("RGB"))
+    edge = FRAME_WIDTH + 2
+    inside = _band(rgb.shape, edge, edge + 3)
+    rgb[~_band(rgb.shape, edge, rgb.shape[0])] = np.median(rgb[inside], axis=0).astype(np.uint8)
+    return Image.fromarray(rgb, "RGB")
 
 
 # ---------------------------------------------------------------------------- training
@@ -272,47 +201,6 @@ class LoraLinear:
         self.handle.remove()
 
 
-def invert(vae, images, start, masks, iterations: int, lr: float = INVERT_LR, pull: float = INVERT_PULL,
-           batch: int = 8):
-    """Latents the frozen decoder draws as these images: the encoder's means refined by Adam on the decoder's loss.
-
-    The base VAE's encoder never saw an outline and maps one to a blotch (TRAINING.md), while its decoder
-    can draw one from the right latents. The loss is the VAE phase's reconstruction loss (L1 + L2); only
-    the latent cells near an object move (masks, 1 inside), and a pull towards the encoder's latents keeps
-    them close to what the base UNet learned to draw: unconstrained, the inversion finds high-frequency
-    latents that a UNet cannot learn to denoise.
-    """
-    import torch
-
-    out = []
-    for first in range(0, len(images), batch):
-        x = images[first:first + batch]
-        z0, mask = start[first:first + batch], masks[first:first + batch]
-        z = z0.clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([z], lr=lr)
-        for _ in range(iterations):
-            latents = z0 + (z - z0) * mask
-            decoded = vae.decode(latents).sample
-            loss = (decoded - x).abs().mean() + ((decoded - x) ** 2).mean() + pull * ((latents - z0) ** 2).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        out.append((z0 + (z - z0) * mask).detach())
-    return torch.cat(out) if out else start
-
-
-def object_cells(scene: world.Scene, margin: int = 1):
-    """1 on the latent cells (8 px) an object or its outline touches, grown by `margin` cells; shape 1 x 16 x 16."""
-    import torch
-
-    covered = np.logical_or.reduce([ndimage.distance_transform_edt(~s) <= OUTLINE_WIDTH
-                                    for s in world.render_silhouettes(scene)])
-    size = world.SIZE // 8
-    cells = cv2.resize(covered.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA) > 0
-    grown = cv2.dilate(cells.astype(np.uint8), np.ones((2 * margin + 1, 2 * margin + 1), np.uint8))
-    return torch.from_numpy(grown.astype(np.float32))[None]
-
-
 def decode_images(vae, latents, batch: int = 16) -> list[Image.Image]:
     import torch
 
@@ -325,11 +213,11 @@ def decode_images(vae, latents, batch: int = 16) -> list[Image.Image]:
     return images
 
 
-def build_pool(seeds: range, vae, tokenizer, log, iterations: int = INVERT_ITERATIONS) -> dict:
-    """Styled scenes of these seeds with four world captions each: tokens, inverted latents and the encoder's std."""
+def build_pool(seeds: range, vae, tokenizer, log) -> dict:
+    """Styled scenes of these seeds with four world captions each, as tokens and the frozen VAE's posteriors."""
     import torch
 
-    from studio.micro.pools import encode_posterior, images_to_tensor
+    from studio.micro.pools import encode_posterior
     from studio.micro.scenes import SceneRenderer
 
     renderer = SceneRenderer(StyledWorld(), tokenizer)
@@ -337,25 +225,21 @@ def build_pool(seeds: range, vae, tokenizer, log, iterations: int = INVERT_ITERA
     chunk = renderer.render("unet", seeds)  # the UNet phase's rendering: image + 4 captions per scene
     if chunk["errors"]:
         raise RuntimeError(f"{chunk['errors']} styled scenes failed to render; first: {chunk['error']}")
-    images = torch.from_numpy(chunk["images"])
-    mean, std = encode_posterior(vae, images, "cpu", 32, False)
+    mean, std = encode_posterior(vae, torch.from_numpy(chunk["images"]), "cpu", 32, False)
     encoded = time.time()
-    masks = torch.stack([object_cells(world.scene_from_seed(int(seed))) for seed in chunk["seeds"]])
-    latents = invert(vae, images_to_tensor(images, "cpu"), mean, masks, iterations) if iterations else mean
-    # What the UNet is taught to draw: the first CHECK latents decoded, read by the detector (a decode costs
-    # about 0.1 s an image, so not the whole pool).
-    readings = [outline_score(image) for image in decode_images(vae, latents[:CHECK])]
-    share = float(np.mean([r.all_outlined for r in readings]))
-    log(f"pool: {len(chunk['seeds'])} styled scenes rendered and encoded in {encoded - started:.1f}s, "
-        f"inverted ({iterations} iterations) in {time.time() - encoded:.1f}s; of the first {len(readings)} decoded, "
-        f"{share:.0%} show every object outlined")
-    return {"tokens": torch.from_numpy(chunk["tokens"]).long(), "mean": latents, "std": std,
-            "outlined_share": share, "seeds": chunk["seeds"]}
+    # Keep the scenes whose latents the frozen decoder draws framed: no LoRA draws more of the style than
+    # its training latents hold (with a black background the frame cannot show, and those go).
+    keep = torch.tensor([r.framed for r in map(frame_score, decode_images(vae, mean))])
+    log(f"pool: {len(keep)} styled scenes rendered and encoded in {encoded - started:.1f}s, decoded and read in "
+        f"{time.time() - encoded:.1f}s; kept the {int(keep.sum())} that decode framed")
+    if not keep.any():
+        raise RuntimeError("no styled scene survives the VAE with its frame: is the VAE the one the LoRA is for?")
+    return {"tokens": torch.from_numpy(chunk["tokens"]).long()[keep], "mean": mean[keep], "std": std[keep],
+            "rendered": len(keep)}
 
 
 def train(out: Path, minutes: float | None, steps: int | None, seed: int = 0, rank: int = RANK, lr: float = LR,
-          batch: int = BATCH, pool_size: int = POOL, model: Path = BASE_MODEL, log=print,
-          iterations: int = INVERT_ITERATIONS, pool_cache: Path | None = None) -> dict:
+          batch: int = BATCH, pool_size: int = POOL, model: Path = BASE_MODEL, log=print) -> dict:
     """Train the LoRA until `steps` or the wall-clock budget (pool rendering included); save it; return a summary."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -377,13 +261,7 @@ def train(out: Path, minutes: float | None, steps: int | None, seed: int = 0, ra
     noise = DiffusionNoise("cpu")
 
     start_seed = TRAIN_SEED_START + (seed % 1000) * 1000
-    if pool_cache is not None and Path(pool_cache).is_file():
-        pool = torch.load(pool_cache, weights_only=False)
-        log(f"pool: {len(pool['tokens'])} scenes from {pool_cache}")
-    else:
-        pool = build_pool(range(start_seed, start_seed + pool_size), vae, tokenizer, log, iterations)
-        if pool_cache is not None:
-            torch.save(pool, pool_cache)
+    pool = build_pool(range(start_seed, start_seed + pool_size), vae, tokenizer, log)
     size = len(pool["tokens"])
     with torch.no_grad():
         empty = text_encoder(torch.from_numpy(tokenize(tokenizer, [""])).long()).last_hidden_state
@@ -427,13 +305,14 @@ def train(out: Path, minutes: float | None, steps: int | None, seed: int = 0, ra
     for adapter in adapters.values():
         adapter.remove()
     summary = {
-        "style": "outlined",
+        "style": "framed",
         "steps": step,
         "batch": batch,
         "rank": rank,
         "lr": lr,
         "seed": seed,
         "pool": size,
+        "rendered": pool["rendered"],
         "train_seeds": [start_seed, start_seed + pool_size - 1],
         "loss_first_50": float(np.mean(losses[:50])) if losses else None,
         "loss_last_50": float(np.mean(losses[-50:])) if losses else None,
@@ -461,11 +340,11 @@ def train(out: Path, minutes: float | None, steps: int | None, seed: int = 0, ra
 
 
 def eval_cases(n: int, first_seed: int = EVAL_SEED_START) -> list[tuple[int, str]]:
-    """(seed, prompt) of n held-out one-object scenes naming neither a black object nor a black background."""
+    """(seed, prompt) of n held-out one-object scenes whose background is not black (it would hide the frame)."""
     cases, seed = [], first_seed
     while len(cases) < n:
         scene = world.scene_from_seed(seed, n_objects=1)
-        if scene.background != "black" and all(o.colour != "black" for o in scene.objects):
+        if scene.background != "black":
             cases.append((seed, world.caption(scene, np.random.default_rng([seed, 2]))))
         seed += 1
     return cases
@@ -495,14 +374,16 @@ def generate(services, prompt: str, seed: int, weight: float | None, steps: int 
 
 
 def evaluate(n: int, lora: Path = DEFAULT_OUT, weight: float = 1.0, steps: int = 20, first_seed: int = EVAL_SEED_START,
-             grid: Path | None = None) -> dict:
+             grid: Path | None = None, images_dir: Path | None = None) -> dict:
     """Style and content rates on n held-out prompts, with and without the tag, through the studio."""
     from studio.micro import judge
     from studio.micro.eval import score_attributes
 
     cases = eval_cases(n, first_seed)
     started = time.time()
-    rows = {"with": [], "without": []}
+    readings = {"with": [], "without": []}
+    if images_dir is not None:
+        Path(images_dir).mkdir(parents=True, exist_ok=True)
     images = {"with": [], "without": []}
     with tempfile.TemporaryDirectory() as tmp:
         services = studio_services(Path(tmp), lora)
@@ -510,29 +391,21 @@ def evaluate(n: int, lora: Path = DEFAULT_OUT, weight: float = 1.0, steps: int =
             for seed, prompt in cases:
                 for key, w in (("with", weight), ("without", None)):
                     image = generate(services, prompt, seed, w, steps)
-                    reading = outline_score(image)
-                    expected = world.parse_prompt(prompt)
-                    seen = content(image, reading)
-                    rows[key].append({
-                        "outlined": reading.outlined,
-                        "share": reading.rim_dark[0] if reading.regions else 0.0,
-                        **{f: (seen[f] == expected[f]) for f in ("colour", "shape", "background")
-                           if expected[f] is not None},
-                    })
+                    readings[key].append(frame_score(image))
                     images[key].append(image)
+                    if images_dir is not None:
+                        image.save(Path(images_dir) / f"{seed}-{key}.png")
         finally:
             services.close()
     result = {"lora": str(lora), "weight": weight, "n": n, "steps": steps, "sampler": "DPM++ 2M", "cfg": 7.0,
-              "seeds": [cases[0][0], cases[-1][0]], "detector": {"dark_l": DARK_L, "rim_px": list(RIM),
-                                                                  "outlined_share": OUTLINED_SHARE}}
-    for key, found in rows.items():
-        result[f"outlined_rate_{key}_tag"] = float(np.mean([r["outlined"] for r in found]))
-        result[f"rim_dark_median_{key}_tag"] = float(np.median([r["share"] for r in found]))
-        for f in ("colour", "shape", "background"):
-            hits = [r[f] for r in found if f in r]
-            result[f"{f}_accuracy_{key}_tag"] = float(np.mean(hits)) if hits else None
-        # The judge's own scores for reference (its colour reading is not made for outlined objects).
-        judged = score_attributes(images[key], [p for _, p in cases], judge, world)
+              "seeds": [cases[0][0], cases[-1][0]],
+              "detector": {"band_px": list(BAND), "inside_px": list(INSIDE), "max_band_l": FRAME_MAX_L,
+                           "contrast_l": FRAME_CONTRAST_L}}
+    for key, found in readings.items():
+        result[f"framed_rate_{key}_tag"] = float(np.mean([r.framed for r in found]))
+        result[f"band_dark_median_{key}_tag"] = float(np.median([r.band_dark for r in found]))
+        # What the frame holds, read by the judge once the frame is painted over (as on the pictures without it).
+        judged = score_attributes([unframed(i) for i in images[key]], [p for _, p in cases], judge, world)
         result[f"judge_{key}_tag"] = {k: v for k, v in judged.items() if k.endswith("_accuracy")}
     result["seconds"] = round(time.time() - started, 1)
     if grid is not None:
@@ -570,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--steps", type=int, default=20, help="sampling steps")
         parser.add_argument("--seed-offset", type=int, default=EVAL_SEED_START, help="first held-out scene seed")
         parser.add_argument("--grid", type=Path, help="write the first 32 pairs as a PNG (rows without, then with)")
+        parser.add_argument("--images", type=Path, help="save every picture here as SEED-with.png / SEED-without.png")
         parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
         args = parser.parse_args(argv[1:])
         if args.n < 1 or args.steps < 1:
@@ -578,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--seed-offset below 10,000,000 reaches training seeds")
         if not args.lora.is_file():
             parser.error(f"--lora {args.lora} does not exist; train it first")
-        result = evaluate(args.n, args.lora, args.weight, args.steps, args.seed_offset, args.grid)
+        result = evaluate(args.n, args.lora, args.weight, args.steps, args.seed_offset, args.grid, args.images)
         print(json.dumps(result) if args.json else "\n".join(f"{k:34s} {v}" for k, v in result.items()))
         return 0
     parser = argparse.ArgumentParser(prog="python -m studio.micro.lora_train", description=__doc__.splitlines()[0])
@@ -590,9 +464,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=LR)
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--pool", type=int, default=POOL, help="styled scenes rendered for training")
-    parser.add_argument("--invert-iterations", type=int, default=INVERT_ITERATIONS,
-                        help="decoder-inversion steps per scene (0: the encoder's latents, which lose the style)")
-    parser.add_argument("--pool-cache", type=Path, help="save the pool here, or load it if there (experiments)")
     args = parser.parse_args(argv)
     if args.minutes <= 0 or (args.steps is not None and args.steps < 1) or args.rank < 1 or args.pool < args.batch:
         parser.error("--minutes must be positive, --steps and --rank at least 1, --pool at least --batch")
@@ -600,8 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
-    summary = train(args.out, args.minutes, args.steps, args.seed, args.rank, args.lr, args.batch, args.pool, log=log,
-                    iterations=args.invert_iterations, pool_cache=args.pool_cache)
+    summary = train(args.out, args.minutes, args.steps, args.seed, args.rank, args.lr, args.batch, args.pool, log=log)
     print(json.dumps(summary, indent=1))
     return 0
 
