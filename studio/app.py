@@ -70,5 +70,11 @@ def build(settings: Settings | None = None) -> Services:
     registry = ModelRegistry(settings)
     models = ModelManager(settings, where, registry)
     runner = JobRunner(models, history, settings)
-    return Services(settings, where, database, history, registry, models, runner, JobQueue(runner), recovery,
+    if settings.farm:  # jobs run on Celery workers; this process serves the UI and reads the shared history
+        from studio.farm.queue import FarmQueue
+
+        queue = FarmQueue(runner, settings)
+    else:
+        queue = JobQueue(runner)
+    return Services(settings, where, database, history, registry, models, runner, queue, recovery,
                     TemplateBook.in_data_dir(settings.data_dir))

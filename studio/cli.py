@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import typing
 from pathlib import Path
@@ -124,6 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
     serve.add_argument("--no-api", action="store_true", help="do not serve the A1111-compatible API (/sdapi/v1)")
     serve.add_argument("--api-auth", metavar="USER:PASSWORD", help="HTTP Basic auth for the API (needed with --listen)")
+    serve.add_argument("--farm", action="store_true", help="run jobs on Celery workers (needs --broker and "
+                       "--database-url; see `studio worker`)")
+    serve.add_argument("--broker", dest="broker_url", metavar="URL", help="farm mode's Redis: redis://host:6379/0 "
+                       "(or STUDIO_BROKER_URL)")
+
+    worker = sub.add_parser("worker", help="farm mode: run jobs from the broker on this machine's device, one at a "
+                            "time (start one per GPU)")
+    _common(worker)
+    worker.add_argument("--broker", dest="broker_url", metavar="URL", help="the farm's Redis: redis://host:6379/0 "
+                        "(or STUDIO_BROKER_URL)")
+    worker.add_argument("--name", help="this worker's name in the Farm view (default studio@host)")
+    worker.add_argument("--loglevel", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     gen = sub.add_parser("generate", help="txt2img from the command line")
     _common(gen)
@@ -291,12 +304,14 @@ def build_request(args):
 
 def settings_from(args) -> Settings:
     overrides = {}
-    for name in ("data_dir", "database_url", "models_dir", "host", "port"):
+    for name in ("data_dir", "database_url", "models_dir", "host", "port", "broker_url"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
     if getattr(args, "listen", False):
         overrides["listen"] = True
+    if getattr(args, "farm", False):
+        overrides["farm"] = True
     if getattr(args, "no_api", False):
         overrides["api"] = False
     if getattr(args, "api_auth", None):
@@ -473,8 +488,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             from studio.ui.server import serve
 
+            if settings.farm:
+                from studio.farm.celery_app import check_farm_settings
+
+                check_farm_settings(settings)  # before the server starts: name what is missing
+
             serve(settings, open_browser=not args.no_browser)
             return 0
+        if args.command == "worker":
+            from studio.farm.celery_app import check_farm_settings
+            from studio.farm.worker import main as worker_main
+
+            check_farm_settings(settings)
+            if args.name:
+                os.environ["STUDIO_WORKER_NAME"] = args.name
+            return worker_main(settings, loglevel=args.loglevel)
         if args.command == "history" and args.action in ("check", "recover", "migrate"):
             return _history_maintenance(args, settings)
         from studio.app import build

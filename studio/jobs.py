@@ -239,8 +239,11 @@ class JobRunner:
 
     def run(self, request, on_progress: Callable[[Progress], None] | None = None,
             cancel: CancelToken | None = None, rerun_of: int | None = None, source: str = "ui",
-            queued_at: float | None = None) -> RunResult:
-        """Run a request on the device (waiting for it when another job has it) and record it."""
+            queued_at: float | None = None, job: dict | None = None) -> RunResult:
+        """Run a request on the device (waiting for it when another job has it) and record it.
+
+        job: farm mode's columns of the row ({job_key, worker}); the key makes a redelivered job find its row.
+        """
         notices: list[str] = []
         validate(request)  # a bad value is refused at once, not after the current run
         if request.mode == UpscaleRequest.mode:
@@ -264,7 +267,7 @@ class JobRunner:
             try:
                 # previews cost a decode every few steps: only made when a caller watches the progress
                 row = {"source": source, "queued_at": None if queued_at is None else
-                       datetime.fromtimestamp(queued_at, timezone.utc)}
+                       datetime.fromtimestamp(queued_at, timezone.utc), **(job or {})}
                 result = self._run_locked(request, mode, params, inputs, on_progress or _ignore, cancel,
                                           rerun_of, row, watching=on_progress is not None)
                 return dataclasses.replace(result, notices=tuple(notices))

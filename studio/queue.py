@@ -52,6 +52,9 @@ class Job:
     cancel: CancelToken = field(default_factory=CancelToken)
     listeners: list = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
+    key: str | None = None  # farm mode: the broker's task id and the history's job key
+    worker: str | None = None  # farm mode: the worker that runs (or ran) it
+    task: Any = None  # farm mode: the broker's handle on it (Celery's AsyncResult)
 
     def report(self, progress) -> None:
         self.progress = progress
@@ -64,7 +67,7 @@ class Job:
                 "prompt": request.prompt, "model": request.model, "source": self.source,
                 "queued_at": self.queued_at, "started_at": self.started_at, "finished_at": self.finished_at,
                 "progress": round(self.progress.fraction, 3) if self.progress else 0.0,
-                "run_id": self.result.run_id if self.result is not None else None,
+                "run_id": self.result.run_id if self.result is not None else None, "worker": self.worker,
                 "error": str(self.error) if self.error else None}
 
 

@@ -81,6 +81,18 @@ class Settings(BaseSettings):
     plot_max_cells: int = Field(
         100, ge=1, le=10_000, description="Most cells an X/Y/Z plot may have; a larger plot is refused naming its axes."
     )
+    farm: bool = Field(
+        False, description="Farm mode: Generate sends jobs to Celery workers over broker_url instead of running them in "
+        "this process (needs broker_url and database_url; see `studio worker`)."
+    )
+    broker_url: str | None = Field(
+        None, description="Farm mode's Redis broker (and result backend), redis://host:6379/0, shared by the UI and "
+        "every worker."
+    )
+    farm_visibility_timeout_s: int = Field(
+        3600, ge=5, description="Seconds a job taken by a worker that died (killed, lost) waits before the broker "
+        "hands it to another worker; keep it above the longest job."
+    )
     preview_every: int = Field(
         2, ge=0, description="Show a live preview every N sampling steps (0 turns previews off)."
     )

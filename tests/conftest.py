@@ -84,3 +84,18 @@ def history_location(request, tmp_path):
     if request.param == "sqlite":
         return tmp_path / "history.sqlite"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A real redis-server for the session (farm mode's broker); skipped where none can run, failed in CI."""
+    from servers import RedisServer, redis_missing_reason
+
+    reason = redis_missing_reason()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must test farm mode: {reason}")
+        pytest.skip(reason)
+    server = RedisServer().start()
+    yield server
+    server.stop()

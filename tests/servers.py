@@ -1,4 +1,4 @@
-"""Real servers for tests: a throwaway PostgreSQL cluster in a temporary folder on 127.0.0.1.
+"""Real servers for tests: a throwaway PostgreSQL cluster and redis-server on 127.0.0.1, farm workers.
 
 The history is tested against a real server rather than a mock, because what differs between
 SQLite and PostgreSQL (types, integer widths, time zones, constraint timing) only shows on a real one.
@@ -9,7 +9,9 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -118,3 +120,102 @@ class PostgresServer:
                 self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def redis_missing_reason() -> str | None:
+    if not shutil.which("redis-server"):
+        return "redis-server is not installed; `python launch.py test` installs it (Debian's redis-server)"
+    return None
+
+
+class RedisServer:
+    """redis-server on 127.0.0.1 on a free port, its files in a temp folder; restart() keeps its data."""
+
+    def __init__(self):
+        self.root = Path(tempfile.mkdtemp(prefix="studio-redis-"))
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> RedisServer:
+        # appendonly: a restarted broker keeps the queue (what a farm's Redis is configured to do)
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.root),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "no"],
+            stdout=open(self.root / "server.log", "ab"), stderr=subprocess.STDOUT)
+        import redis
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                redis.Redis(host="127.0.0.1", port=self.port).ping()
+                return self
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"redis-server did not start: {(self.root / 'server.log').read_text()[-2000:]}")
+                time.sleep(0.05)
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def halt(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
+
+    def restart(self) -> None:
+        self.halt()
+        self.start()
+
+    def stop(self) -> None:
+        try:
+            self.halt()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Farm:
+    """A farm on this machine: the UI side's services (farm=True) and `studio worker` processes."""
+
+    def __init__(self, root: Path, broker: str, database: str, model_dir: Path):
+        self.root, self.broker, self.database = root, broker, database
+        self.data_dir, self.models_dir = root / "data", root / "models"
+        self.workers: dict[str, subprocess.Popen] = {}
+        from studio.app import build
+        from studio.settings import Settings
+
+        self.settings = Settings(data_dir=self.data_dir, models_dir=self.models_dir, device="cpu", default_model="tiny",
+                                 preview_every=0, farm=True, broker_url=broker, database_url=database,
+                                 annotators_dir=root / "annotators")
+        self.services = build(self.settings)
+        self.services.registry.add(str(model_dir), name="tiny")  # in the shared data folder: workers see it
+
+    def start_worker(self, name: str) -> subprocess.Popen:
+        env = dict(os.environ, OMP_NUM_THREADS="1", STUDIO_DEVICE="cpu", STUDIO_DEFAULT_MODEL="tiny",
+                   STUDIO_PREVIEW_EVERY="0", STUDIO_ANNOTATORS_DIR=str(self.root / "annotators"),
+                   STUDIO_FARM_VISIBILITY_TIMEOUT_S="10")
+        log = open(self.root / f"{name}.log", "ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "studio", "worker", "--broker", self.broker, "--database-url", self.database,
+             "--data-dir", str(self.data_dir), "--models-dir", str(self.models_dir), "--name", name,
+             "--loglevel", "INFO"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.workers[name] = process
+        return process
+
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        for process in self.workers.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.workers.values():
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        self.services.close()
+
+

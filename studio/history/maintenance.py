@@ -6,6 +6,7 @@ cannot be opened (let alone migrated) through the ORM. Neither ever writes to th
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from dataclasses import dataclass, field
@@ -146,6 +147,25 @@ def _columns(connection: sqlite3.Connection, table: str) -> list[str]:
     return [name for name in found if name in known] or known
 
 
+def _json_columns(table: str, columns: list[str]) -> list[int]:
+    """Positions of the JSON columns: their text must parse, or reading the run fails later."""
+    from sqlalchemy import JSON
+
+    kinds = {column.name: column.type for column in Base.metadata.tables[table].columns}
+    return [i for i, name in enumerate(columns) if isinstance(kinds.get(name), JSON)]
+
+
+def _json_whole(row: tuple, positions: list[int]) -> bool:
+    for i in positions:
+        value = row[i]
+        if isinstance(value, (str, bytes)):
+            try:
+                json.loads(value)
+            except ValueError:
+                return False
+    return True
+
+
 def _blob_row(blobs: BlobStore, sha: str) -> tuple | None:
     """A blobs row remade from the file itself (content-addressed, so the file says everything)."""
     path = blobs.path(sha)
@@ -205,7 +225,11 @@ def recover_history(source: Path, blobs: BlobStore, dest: Path | None = None, re
                             for row in rows]
                 copied = dropped = 0
                 insert = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+                json_at = _json_columns(table, columns)
                 for row in rows:
+                    if not _json_whole(row, json_at):  # a damaged page can leave a cut-off text that reads
+                        dropped += 1
+                        continue
                     try:
                         raw.execute(insert, row)
                         copied += 1

@@ -84,6 +84,10 @@ class Run(Base):
     queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # the LoRAs it used: [{name, weight, hash}] (migration 0005)
     loras: Mapped[list | None] = mapped_column(JSON)
+    # farm mode (migration 0006): the queue's key of the job (unique: a redelivered job finds its row)
+    # and the Celery worker that ran it
+    job_key: Mapped[str | None] = mapped_column(String(64), unique=True, index=True)
+    worker: Mapped[str | None] = mapped_column(String(255))
 
     images: Mapped[list[RunImage]] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True,

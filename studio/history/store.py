@@ -84,6 +84,8 @@ class RunRecord:
     source: str | None
     queued_at: datetime | None
     loras: list | None
+    job_key: str | None = None
+    worker: str | None = None
     inputs: tuple[ImageRef, ...] = field(default=())
     outputs: tuple[ImageRef, ...] = field(default=())
 
@@ -285,6 +287,12 @@ class HistoryStore:
             if run is None:
                 raise NotFound(f"run {run_id} does not exist", field="run")
             return self._record(run)
+
+    def job_run(self, job_key: str) -> RunRecord | None:
+        """The run a farm job recorded, if any (one row per job key)."""
+        with self.db.transaction() as session:
+            run = session.scalars(select(Run).where(Run.job_key == job_key)).first()
+            return self._record(run) if run is not None else None
 
     def search(self, text: str | None = None, *, mode: str | None = None, model: str | None = None,
                starred: bool | None = None, status: str | None = None, limit: int = 50,

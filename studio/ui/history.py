@@ -46,6 +46,8 @@ def details_markdown(record) -> str:
         ("Source", {"ui": "web UI", "cli": "command line", "api": "HTTP API"}.get(record.source or "", "-")),
         ("Versions", ", ".join(f"{k} {v}" for k, v in record.versions.items())),
     ]
+    if record.worker:  # farm mode: the worker that ran it
+        rows.append(("Worker", record.worker))
     extra = {k: v for k, v in record.params.items()
              if k not in {"mode", "prompt", "negative_prompt", "model", "vae", "sampler", "karras", "steps",
                           "cfg_scale", "width", "height", "seed", "batch_size", "batch_count", "parent_run_id"}}

@@ -54,6 +54,23 @@ def vae_choices(services) -> list[str]:
     return ["Automatic", *services.registry.vae_names()]
 
 
+WORKER_COLUMNS = ["worker", "device", "free memory", "loaded models", "job", "seen"]
+
+
+def worker_rows(services) -> list[list]:
+    """Farm mode: each worker's last report (they expire a few seconds after a worker stops)."""
+    import time
+
+    reports = services.queue.workers() if hasattr(services.queue, "workers") else []
+    rows = []
+    for report in reports:
+        free = report.get("free_memory_bytes")
+        rows.append([report.get("name", "?"), report.get("device", "?"),
+                     f"{free / 2**30:.1f} GiB" if free else "-", ", ".join(report.get("loaded_models") or []) or "-",
+                     report.get("job") or "idle", f"{max(0.0, time.time() - report.get('reported_at', 0)):.0f} s ago"])
+    return rows
+
+
 def build(ctx: UIContext) -> None:
     services = ctx.services
     models, registry = services.models, services.registry
@@ -76,6 +93,9 @@ def build(ctx: UIContext) -> None:
                                     "(online machines only)", scale=4, elem_id="models-path")
             name = gr.Textbox(label="Name (optional)", scale=1, elem_id="models-name")
             add = gr.Button("Add", variant="primary", scale=1, elem_id="models-add")
+        workers = gr.Dataframe(worker_rows(services), headers=WORKER_COLUMNS, interactive=False, wrap=True,
+                               label="Farm workers (Rescan refreshes)", visible=hasattr(services.queue, "workers"),
+                               elem_id="models-workers")
         with gr.Row():
             refresh = gr.Button("Rescan folders", elem_id="models-refresh")
             unload = gr.Button("Unload all models from memory", elem_id="models-unload")
@@ -98,9 +118,11 @@ def build(ctx: UIContext) -> None:
     @guarded
     def on_refresh():
         return {table: model_rows(services), controlnets: controlnet_rows(services), loras: lora_rows(services),
-                upscalers: upscaler_rows(services), ctx.model: gr.update(choices=model_choices(services)), ctx.vae: gr.update(choices=vae_choices(services))}
+                upscalers: upscaler_rows(services), workers: worker_rows(services),
+                ctx.model: gr.update(choices=model_choices(services)), ctx.vae: gr.update(choices=vae_choices(services))}
 
-    refresh.click(on_refresh, outputs=[table, controlnets, loras, upscalers, ctx.model, ctx.vae], api_name=False)
+    refresh.click(on_refresh, outputs=[table, controlnets, loras, upscalers, workers, ctx.model, ctx.vae],
+                  api_name=False)
 
     @guarded
     def on_unload():

@@ -9,7 +9,7 @@ from studio.requests import parse_id
 from studio.ui.context import UIContext
 from studio.ui.guard import guarded, name_input
 
-COLUMNS = ["job", "status", "position", "mode", "prompt", "source", "progress", "run"]
+COLUMNS = ["job", "status", "position", "mode", "prompt", "source", "progress", "run", "worker"]
 REFRESH_S = 1.0
 
 
@@ -19,7 +19,7 @@ def queue_rows(job_queue) -> list[list]:
         position = "" if job["position"] is None else job["position"] + 1
         progress = f"{job['progress']:.0%}" if job["status"] == "running" else ""
         rows.append([job["id"], job["status"], position, job["mode"], job["prompt"][:60], job["source"], progress,
-                     "" if job["run_id"] is None else f"#{job['run_id']}"])
+                     "" if job["run_id"] is None else f"#{job['run_id']}", job.get("worker") or ""])
     return rows
 
 

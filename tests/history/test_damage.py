@@ -93,6 +93,7 @@ def test_check_then_recover_a_damaged_history(services, cli_env):
     code, out, err = cli_env("history", "check", "--json")
     assert code == 0 and json.loads(out)["healthy"], out
     code, out, err = cli_env("history", "list", "--limit", "100", "--json")
+    assert code == 0, err
     rows = json.loads(out)
     assert code == 0 and len(rows) == salvage["rows"]["runs"]
     # what was salvaged is whole: a recovered run re-runs to the same pixels
