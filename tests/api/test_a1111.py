@@ -103,8 +103,10 @@ def test_what_sillytavern_asks_in_order(client, server, services):
     assert {"name": "Lanczos", "model_name": None, "model_path": None, "model_url": None, "scale": 4} in \
         get(server, "upscalers")[1]
     assert {"name": "Latent"} in get(server, "latent-upscale-modes")[1]
-    for empty in ("loras", "prompt-styles"):  # a fresh data folder has none
-        assert get(server, empty) == (200, [])
+    # a fresh data folder has no styles, and only the embedded LoRA
+    assert get(server, "prompt-styles") == (200, [])
+    code, loras = get(server, "loras")
+    assert code == 200 and [lora["name"] for lora in loras] == ["micro-framed"]
     hold, seen = threading.Event(), []
     real_run = services.runner.run
 

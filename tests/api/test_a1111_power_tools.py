@@ -34,7 +34,7 @@ def test_styles_and_loras_are_listed_and_used(client, server, services):
     save_lora(services.settings.models_dir / "Lora" / "outline.safetensors", random_factors(tiny_pipeline(0), seed=3))
     assert client.get_prompt_styles() == [{"name": "Oil", "prompt": "oil painting of {prompt}",
                                            "negative_prompt": "blurry"}]
-    assert [lora["name"] for lora in client.get_loras()] == ["outline"]
+    assert [lora["name"] for lora in client.get_loras()] == ["micro-framed", "outline"]  # the embedded one too
     result = client.txt2img(prompt="a cube <lora:outline:0.5>", styles=["Oil"], seed=3, width=64, height=64)
     record = services.history.get(result.info["run_id"])
     assert record.prompt == "oil painting of a cube <lora:outline:0.5>" and record.negative_prompt == "blurry"

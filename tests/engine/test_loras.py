@@ -72,7 +72,7 @@ def test_the_library_lists_usable_files_and_says_why_others_are_not(services, lo
     (lora_dir / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     library = services.registry.loras
     rows = {row["name"]: row for row in library.describe()}
-    assert library.names() == ["outline", "stripes"]
+    assert library.names() == ["micro-framed", "outline", "stripes"]  # the embedded one, then models/Lora
     assert rows["outline"]["hash"] == short_hash(lora_dir / "outline.safetensors")
     assert rows["outline"]["size_bytes"] == (lora_dir / "outline.safetensors").stat().st_size
     assert "pickle" in rows["old"]["problem"] and rows["old"]["hash"] is None
@@ -146,7 +146,7 @@ def test_a_rerun_whose_lora_changed_or_went_says_so_by_name_and_hash(services, l
 
 def test_an_unknown_lora_is_refused_before_anything_is_recorded(services, lora_dir, factors):
     save_lora(lora_dir / "outline.safetensors", factors)
-    with pytest.raises(InputError, match="unknown LoRA 'outlin'.*pick one of: outline") as caught:
+    with pytest.raises(InputError, match="unknown LoRA 'outlin'.*pick one of: micro-framed, outline") as caught:
         services.runner.run(fast_request(prompt="cube <lora:outlin:1>"))
     assert caught.value.field == "prompt"
     assert services.history.search() == []
