@@ -31,7 +31,7 @@ from studio.api.a1111_requests import (
 from studio.api.http import ApiContext, bind, route_table
 from studio.engine.devices import available_ram_bytes
 from studio.engine.schedulers import SAMPLER_NAMES
-from studio.errors import InputError
+from studio.errors import InputError, StudioError
 from studio.infotext import parse_infotext, png_text, read_parameters
 
 log = logging.getLogger(__name__)
@@ -262,15 +262,27 @@ async def progress(api: A1111Api, request: Request):
 @route("/interrupt", ("POST",))
 async def interrupt(api: A1111Api, request: Request):
     """Stop the running job after its current step (it keeps the images it finished)."""
-    api.services.runner.cancel()
+    stop_running(api)
     return None
 
 
 @route("/skip", ("POST",))
 async def skip(api: A1111Api, request: Request):
     """As interrupt: the studio stops the running job (A1111 skips to the next image of the batch)."""
-    api.services.runner.cancel()
+    stop_running(api)
     return None
+
+
+def stop_running(api: A1111Api) -> None:
+    """The queue's running job (in farm mode it runs on a worker, which the queue reaches), else the runner's."""
+    running = api.services.queue.running
+    if running is not None:
+        try:
+            api.services.queue.cancel(running.id)
+            return
+        except StudioError:  # it finished meanwhile
+            pass
+    api.services.runner.cancel()
 
 
 @route("/png-info", ("POST",))
