@@ -52,6 +52,10 @@ def build(settings: Settings | None = None) -> Services:
     """Open the history (migrating it), recover from a crash, and wire the runner to the models."""
     offline_environment()
     settings = settings or Settings()
+    if settings.farm:  # refused before anything is opened or written: name the missing setting
+        from studio.farm.celery_app import check_farm_settings
+
+        check_farm_settings(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if not settings.offline:
         os.environ["HF_HUB_OFFLINE"] = "0"

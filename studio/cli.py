@@ -488,18 +488,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             from studio.ui.server import serve
 
-            if settings.farm:
-                from studio.farm.celery_app import check_farm_settings
-
-                check_farm_settings(settings)  # before the server starts: name what is missing
-
             serve(settings, open_browser=not args.no_browser)
             return 0
         if args.command == "worker":
-            from studio.farm.celery_app import check_farm_settings
             from studio.farm.worker import main as worker_main
 
-            check_farm_settings(settings)
             if args.name:
                 os.environ["STUDIO_WORKER_NAME"] = args.name
             return worker_main(settings, loglevel=args.loglevel)

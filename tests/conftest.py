@@ -50,16 +50,20 @@ def services(settings, tiny_model_dir):
     built.close()
 
 
+def require_server(reason: str | None, what: str) -> None:
+    """A server the tests need cannot run here (reason): fail in CI, which must test it; skip elsewhere."""
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must test {what}: {reason}")
+        pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def postgres_server():
     """A real PostgreSQL server for the whole session (tests/servers.py); skipped where none can run, failed in CI."""
     from servers import PostgresServer, missing_reason
 
-    reason = missing_reason()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must test the PostgreSQL history: {reason}")
-        pytest.skip(reason)
+    require_server(missing_reason(), "the PostgreSQL history")
     server = PostgresServer()
     try:
         server.start()
@@ -91,11 +95,12 @@ def redis_server():
     """A real redis-server for the session (farm mode's broker); skipped where none can run, failed in CI."""
     from servers import RedisServer, redis_missing_reason
 
-    reason = redis_missing_reason()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must test farm mode: {reason}")
-        pytest.skip(reason)
-    server = RedisServer().start()
+    require_server(redis_missing_reason(), "farm mode")
+    server = RedisServer()
+    try:
+        server.start()
+    except Exception:
+        server.stop()
+        raise
     yield server
     server.stop()

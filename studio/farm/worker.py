@@ -51,7 +51,7 @@ def _redis():
     if "redis" not in _state:
         import redis
 
-        _state["redis"] = redis.Redis.from_url(Settings().broker_url)
+        _state["redis"] = redis.Redis.from_url(_services().settings.broker_url)
     return _state["redis"]
 
 
@@ -170,9 +170,7 @@ def make_worker_app(settings: Settings):
 
 
 def main(settings: Settings, concurrency: int = 1, loglevel: str = "INFO") -> int:
-    """Run one worker in the foreground: one job at a time (one per GPU)."""
-    import os
-
+    """Run one worker in the foreground: one job at a time (one per GPU). make_app refuses missing settings."""
     # what the pool processes read back through Settings(): the same farm on every side
     for name in ("broker_url", "database_url", "data_dir", "models_dir", "device", "farm_visibility_timeout_s"):
         value = getattr(settings, name)

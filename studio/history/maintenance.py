@@ -16,10 +16,8 @@ from pathlib import Path
 from studio.errors import HistoryError
 from studio.history.db import Database
 from studio.history.files import BlobStore, file_sha256, pixels_hash
-from studio.history.schema import Base
+from studio.history.schema import RUN_LINKS, TABLES, Base
 
-# Tables in the order rows must go into a new file (foreign keys point backwards).
-TABLES = ("blobs", "runs", "run_images")
 # How far past the last readable row a salvage keeps probing single rows when a table's end is unreadable.
 PROBE_SPAN = 10_000
 
@@ -220,7 +218,7 @@ def recover_history(source: Path, blobs: BlobStore, dest: Path | None = None, re
                             report.blobs_rebuilt += 1
                 if table == "runs":  # a parent or original that was lost becomes "no parent", not a lost child
                     ids = {row[columns.index("id")] for row in rows}
-                    links = [columns.index(name) for name in ("parent_id", "rerun_of") if name in columns]
+                    links = [columns.index(name) for name in RUN_LINKS if name in columns]
                     rows = [tuple(None if i in links and value not in ids else value for i, value in enumerate(row))
                             for row in rows]
                 copied = dropped = 0

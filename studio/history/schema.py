@@ -9,6 +9,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 RUN_STATUSES = ("running", "done", "failed", "interrupted")
 MAX_RUN_ID = 2**63 - 1  # SQLite's largest integer: a larger id names no run (and cannot even be bound)
+# every table, parents before children (foreign keys point backwards): the order rows are copied in
+TABLES = ("blobs", "runs", "run_images")
+# a run's links to other runs (set to NULL when the run they name is deleted)
+RUN_LINKS = ("parent_id", "rerun_of")
 
 # Seeds go to 2**32 - 1 and ids to MAX_RUN_ID: SQLite's INTEGER holds 64 bits, PostgreSQL's only 32,
 # so there these columns are BIGINT (ids BIGSERIAL). SQLite keeps INTEGER: only an INTEGER PRIMARY KEY

@@ -16,11 +16,8 @@ from sqlalchemy import JSON, bindparam, exc, func, insert, select, update
 from studio.errors import HistoryError
 from studio.history.db import Database, history_problem
 from studio.history.postgres import reset_sequences
-from studio.history.schema import Base
+from studio.history.schema import RUN_LINKS, TABLES, Base
 
-# parents before children (foreign keys point backwards); runs' links to other runs are set afterwards
-TABLES = ("blobs", "runs", "run_images")
-RUN_LINKS = ("parent_id", "rerun_of")
 BATCH = 500
 
 
