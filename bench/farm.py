@@ -3,9 +3,10 @@
 - throughput: JOBS jobs of the tiny model through N workers versus one in-process runner (same history server);
 - scheduling overhead per job: submit-to-result wall time of a lone job on a warm worker, minus the run's own
   duration as the worker recorded it (median);
-- model-aware routing is not built yet: not measured.
+- model-aware routing: MIXED jobs of two models in a shuffled order through 2 workers that keep one model loaded
+  each (cache size 1, as A1111's default), with routing off (the shared queue) and on: model loads and wall time.
 
-Usage: .venv/bin/python bench/farm.py [--workers 2] [--jobs 40] [--out bench/results/farm.json]
+Usage: .venv/bin/python bench/farm.py [--workers 2] [--jobs 40] [--mixed 40] [--out bench/results/farm.json]
 (each worker and the in-process runner use one thread: OMP_NUM_THREADS=1)
 """
 
@@ -37,6 +38,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=40)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--lone", type=int, default=10, help="lone jobs timed for the overhead")
+    parser.add_argument("--mixed", type=int, default=40, help="jobs of two models for the routing measure (0: skip)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/farm.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -89,6 +91,10 @@ def main() -> int:
             "scheduling_overhead_ms_max": round(1000 * max(overheads), 1),
             "lone_jobs": args.lone,
         }
+        if args.mixed:
+            farm.stop()
+            farm = Farm(root / "mixed", redis.url(), postgres.url(postgres.create_database()), model)
+            out["routing"] = mixed_queue(farm, root, args)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=1) + "\n")
         print(json.dumps(out, indent=1))
@@ -98,6 +104,43 @@ def main() -> int:
             farm.stop()
         redis.stop()
         postgres.stop()
+
+
+def mixed_queue(farm: Farm, root: Path, args) -> dict:
+    """Model loads of a shuffled two-model queue over two workers holding one model each, routing off and on."""
+    import random
+
+    farm.add_model(save_tiny_model(root / "tiny-sd-b", seed=1), "tiny-b")
+    for n in range(2):
+        farm.start_worker(f"m{n + 1}", model_cache_size="1")
+    queue = farm.services.queue
+    wait_for(lambda: len(queue.workers()) >= 2, timeout=120)
+    models = ["tiny", "tiny-b"] * (args.mixed // 2)
+    random.Random(7).shuffle(models)
+
+    def loads() -> int:
+        wait_for(lambda: all(r["job"] is None for r in queue.workers()), timeout=60)
+        time.sleep(0.5)
+        return sum(r["model_loads"] for r in queue.workers())
+
+    measured = {}
+    for routing in (False, True):
+        queue.routing = routing
+        before = loads()
+        started = time.perf_counter()
+        jobs = [queue.submit(fast_request(model=m, seed=7000 + i, steps=args.steps)) for i, m in enumerate(models)]
+        results = [queue.wait(job) for job in jobs]
+        wall = time.perf_counter() - started
+        per_worker: dict = {}
+        for job, m in zip(jobs, models):
+            per_worker.setdefault(job.worker, {}).setdefault(m, 0)
+            per_worker[job.worker][m] += 1
+        measured["on" if routing else "off"] = {
+            "model_loads": loads() - before, "wall_s": round(wall, 3), "jobs_per_worker_and_model": per_worker,
+            "all_done": all(r.status == "done" for r in results)}
+    measured.update(jobs=len(models), models=2, workers=2, model_cache_size=1,
+                    note="loads count the weights read from disk by the two workers during the queue")
+    return measured
 
 
 if __name__ == "__main__":

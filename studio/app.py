@@ -45,6 +45,7 @@ class Services:
     templates: TemplateBook | None = None  # the prompt builder's saved templates
 
     def close(self) -> None:
+        self.queue.close()
         self.database.close()
 
 

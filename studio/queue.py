@@ -55,6 +55,7 @@ class Job:
     key: str | None = None  # farm mode: the broker's task id and the history's job key
     worker: str | None = None  # farm mode: the worker that runs (or ran) it
     task: Any = None  # farm mode: the broker's handle on it (Celery's AsyncResult)
+    routed_to: str | None = None  # farm mode: the worker whose own queue it was sent to (None: the shared queue)
 
     def report(self, progress) -> None:
         self.progress = progress
@@ -80,6 +81,9 @@ class JobQueue:
         self._ids = itertools.count(1)
         self._changed = threading.Condition()
         self._worker: threading.Thread | None = None
+
+    def close(self) -> None:
+        """Nothing to stop here: the in-process worker thread is a daemon that dies with the process."""
 
     # -- adding and waiting --------------------------------------------------------------------
 

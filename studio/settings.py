@@ -93,6 +93,10 @@ class Settings(BaseSettings):
         3600, ge=5, description="Seconds a job taken by a worker that died (killed, lost) waits before the broker "
         "hands it to another worker; keep it above the longest job."
     )
+    farm_routing: bool = Field(
+        True, description="Farm mode: send a job to a worker that has its model loaded (its own queue) rather than "
+        "to whichever worker is free first; an idle worker still takes waiting jobs from busy ones."
+    )
     preview_every: int = Field(
         2, ge=0, description="Show a live preview every N sampling steps (0 turns previews off)."
     )

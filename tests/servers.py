@@ -179,7 +179,7 @@ REPO = Path(__file__).resolve().parents[1]
 class Farm:
     """A farm on this machine: the UI side's services (farm=True) and `studio worker` processes."""
 
-    def __init__(self, root: Path, broker: str, database: str, model_dir: Path):
+    def __init__(self, root: Path, broker: str, database: str, model_dir: Path, routing: bool = True):
         self.root, self.broker, self.database = root, broker, database
         self.data_dir, self.models_dir = root / "data", root / "models"
         self.workers: dict[str, subprocess.Popen] = {}
@@ -188,14 +188,19 @@ class Farm:
 
         self.settings = Settings(data_dir=self.data_dir, models_dir=self.models_dir, device="cpu", default_model="tiny",
                                  preview_every=0, farm=True, broker_url=broker, database_url=database,
-                                 annotators_dir=root / "annotators")
+                                 annotators_dir=root / "annotators", farm_routing=routing)
         self.services = build(self.settings)
         self.services.registry.add(str(model_dir), name="tiny")  # in the shared data folder: workers see it
 
-    def start_worker(self, name: str) -> subprocess.Popen:
+    def add_model(self, model_dir: Path, name: str) -> None:
+        self.services.registry.add(str(model_dir), name=name)
+
+    def start_worker(self, name: str, **settings: str) -> subprocess.Popen:
+        """A `studio worker` process; settings are STUDIO_* values for it (preview_every="2", ...)."""
         env = dict(os.environ, OMP_NUM_THREADS="1", STUDIO_DEVICE="cpu", STUDIO_DEFAULT_MODEL="tiny",
                    STUDIO_PREVIEW_EVERY="0", STUDIO_ANNOTATORS_DIR=str(self.root / "annotators"),
                    STUDIO_FARM_VISIBILITY_TIMEOUT_S="10")
+        env.update({f"STUDIO_{key.upper()}": str(value) for key, value in settings.items()})
         log = open(self.root / f"{name}.log", "ab")
         process = subprocess.Popen(
             [sys.executable, "-m", "studio", "worker", "--broker", self.broker, "--database-url", self.database,
@@ -203,6 +208,12 @@ class Farm:
              "--loglevel", "INFO"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.workers[name] = process
         return process
+
+    def kill_worker(self, name: str) -> None:
+        """kill -9 the whole worker: its main process and its pool process, as a machine that loses power."""
+        process = self.workers[name]
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(30)
 
     def log(self, name: str) -> str:
         return (self.root / f"{name}.log").read_text(errors="replace")[-3000:]

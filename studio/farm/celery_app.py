@@ -6,7 +6,9 @@ from studio.errors import InputError
 from studio.settings import Settings
 
 TASK = "studio.run"
-QUEUE = "studio"
+QUEUE = "studio"  # the shared queue: any worker takes its jobs
+# each worker's own queue: the UI sends a job there when that worker holds the job's model (routing)
+WORKER_QUEUE = "studio.worker.{name}"
 # Redis keys besides Celery's own
 CANCEL_KEY = "studio:cancel:{job_key}"  # set by Interrupt; the worker polls it between steps
 WORKER_KEY = "studio:worker:{name}"  # each worker's report (JSON), refreshed every few seconds, expiring

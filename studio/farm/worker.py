@@ -17,14 +17,17 @@ import socket
 import threading
 import time
 
-from studio.farm.celery_app import CANCEL_KEY, TASK, WORKER_KEY, WORKER_REPORT_S, make_app
+from studio.farm.celery_app import CANCEL_KEY, QUEUE, TASK, WORKER_KEY, WORKER_QUEUE, WORKER_REPORT_S, make_app
 from studio.settings import Settings
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.25  # at most four progress updates a second reach the result backend
 WAIT_FOR_LIVE_ATTEMPT_S = 0.5
 
+PREVIEW_QUALITY = 85  # live previews travel as JPEG: a 512 px one is some 30 KB in the result backend
+
 _state: dict = {}  # this pool process's services, redis client and report thread
+_building = threading.Lock()
 
 
 def worker_name() -> str:
@@ -32,19 +35,24 @@ def worker_name() -> str:
 
 
 def _services():
-    """Built on first use in each pool process (after the fork: torch and CUDA must not cross one)."""
-    if "services" not in _state:
-        from studio.app import build
-        from studio.jobs import DeviceLock
-
-        services = build(Settings())
-        # The data folder is shared by every machine: its device.lock would make all workers take turns.
-        # A worker owns its GPU, so its lock is its own.
-        services.runner.device_lock = DeviceLock(None)
-        _state["services"] = services
-        _state["current"] = None
-        threading.Thread(target=_report_forever, daemon=True, name="studio-worker-report").start()
+    """Built once in each pool process (after the fork: torch and CUDA must not cross one)."""
+    with _building:
+        if "services" not in _state:
+            _build_services()
     return _state["services"]
+
+
+def _build_services() -> None:
+    from studio.app import build
+    from studio.jobs import DeviceLock
+
+    services = build(Settings())
+    # The data folder is shared by every machine: its device.lock would make all workers take turns.
+    # A worker owns its GPU, so its lock is its own.
+    services.runner.device_lock = DeviceLock(None)
+    _state["services"] = services
+    _state["current"] = None
+    threading.Thread(target=_report_forever, daemon=True, name="studio-worker-report").start()
 
 
 def _redis():
@@ -72,17 +80,36 @@ def report() -> dict:
     except Exception:  # a report without the free memory is still a report
         free = None
     return {"name": worker_name(), "device": placement.description, "free_memory_bytes": free,
-            "loaded_models": services.models.loaded_names(), "job": _state.get("current"), "pid": os.getpid(),
-            "reported_at": time.time()}
+            "loaded_models": services.models.loaded_names(), "model_loads": services.models.load_count,
+            "job": _state.get("current"), "pid": os.getpid(), "reported_at": time.time()}
+
+
+def _send_report() -> None:
+    try:
+        _redis().set(WORKER_KEY.format(name=worker_name()), json.dumps(report()), ex=int(3 * WORKER_REPORT_S) + 1)
+    except Exception as error:  # the broker may be restarting: report again later
+        log.warning("worker report failed: %s", error)
 
 
 def _report_forever() -> None:
     while True:
-        try:
-            _redis().set(WORKER_KEY.format(name=worker_name()), json.dumps(report()), ex=int(3 * WORKER_REPORT_S) + 1)
-        except Exception as error:  # the broker may be restarting: report again later
-            log.warning("worker report failed: %s", error)
+        _send_report()
         time.sleep(WORKER_REPORT_S)
+
+
+def _start_early(**_) -> None:
+    """A new pool process builds its services in the background at once, so the worker is listed (and can be
+    routed to) before its first job; Celery allows a pool process only seconds to say it is up."""
+    threading.Thread(target=_services, daemon=True, name="studio-worker-build").start()
+
+
+def encode_preview(image) -> str:
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=PREVIEW_QUALITY)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _claim(history, job_key: str):
@@ -116,15 +143,22 @@ def run_job(task, job_key: str, message: dict, source: str, queued_at: float, re
 
     services = _services()
     name = worker_name()
+    client = _redis()
+    # Cancelled while it waited: Celery's revoke lives only in the memory of the workers that were up then, so a
+    # worker started later would run it; the cancel key is in Redis for every worker to see.
+    if client.exists(CANCEL_KEY.format(job_key=job_key)) and services.history.job_run(job_key) is None:
+        return {"cancelled": True, "worker": name}
     done = _claim(services.history, job_key)
     if done is not None:  # delivered again after it finished (its acknowledgement was lost)
         return _answer(done, name, True)
     request = decode_request(message)
     cancel = CancelToken()
     last = [0.0]
-    client = _redis()
+    preview = [None]  # the newest preview not sent yet (a throttled update carries it later)
 
     def on_progress(progress) -> None:
+        if progress.preview is not None:
+            preview[0] = progress.preview
         now = time.monotonic()
         if now - last[0] < PROGRESS_EVERY_S and progress.fraction < 1.0:
             return
@@ -132,18 +166,23 @@ def run_job(task, job_key: str, message: dict, source: str, queued_at: float, re
         try:
             if client.exists(CANCEL_KEY.format(job_key=job_key)):
                 cancel.cancel()
-            task.update_state(state="PROGRESS", meta={"fraction": progress.fraction, "text": progress.message,
-                                                      "step": progress.step, "total_steps": progress.total_steps,
-                                                      "worker": name})
+            meta = {"fraction": progress.fraction, "text": progress.message, "step": progress.step,
+                    "total_steps": progress.total_steps, "worker": name}
+            if preview[0] is not None:
+                meta["preview"] = encode_preview(preview[0])
+                preview[0] = None
+            task.update_state(state="PROGRESS", meta=meta)
         except Exception as error:  # the broker restarting: the run goes on, its progress shows again later
             log.warning("job %s: progress not reported (%s)", job_key, error)
 
     _state["current"] = job_key
+    _send_report()  # the UI's router sees at once that this worker is busy
     try:
         result = services.runner.run(request, on_progress=on_progress, cancel=cancel, rerun_of=rerun_of,
                                      source=source, queued_at=queued_at, job={"job_key": job_key, "worker": name})
     finally:
         _state["current"] = None
+        _send_report()  # ... and free, with the model it now holds
         try:
             client.delete(CANCEL_KEY.format(job_key=job_key))
         except Exception:  # it expires by itself
@@ -155,9 +194,12 @@ def run_job(task, job_key: str, message: dict, source: str, queued_at: float, re
 
 def make_worker_app(settings: Settings):
     """The Celery app with the task registered (what `studio worker` and `celery -A` run)."""
+    from celery.signals import worker_process_init
+
     from studio.errors import StudioError
 
     app = make_app(settings)
+    worker_process_init.connect(_start_early, weak=False)
 
     @app.task(bind=True, name=TASK)
     def run(task, job_key, message, source="ui", queued_at=None, rerun_of=None):
@@ -170,15 +212,19 @@ def make_worker_app(settings: Settings):
 
 
 def main(settings: Settings, concurrency: int = 1, loglevel: str = "INFO") -> int:
-    """Run one worker in the foreground: one job at a time (one per GPU). make_app refuses missing settings."""
+    """Run one worker in the foreground: one job at a time (one per GPU). make_app refuses missing settings.
+
+    It takes jobs from the shared queue and from its own (where the UI routes the jobs of the models it holds);
+    its name, fixed here, is the same in every pool process and after a pool process is replaced."""
+    name = os.environ.setdefault("STUDIO_WORKER_NAME", f"{socket.gethostname()}:{os.getpid()}")
     # what the pool processes read back through Settings(): the same farm on every side
-    for name in ("broker_url", "database_url", "data_dir", "models_dir", "device", "farm_visibility_timeout_s"):
-        value = getattr(settings, name)
+    for setting in ("broker_url", "database_url", "data_dir", "models_dir", "device", "farm_visibility_timeout_s"):
+        value = getattr(settings, setting)
         if value is not None:
-            os.environ[f"STUDIO_{name.upper()}"] = str(value)
+            os.environ[f"STUDIO_{setting.upper()}"] = str(value)
     app = make_worker_app(settings)
     argv = ["worker", f"--concurrency={concurrency}", "--pool=prefork", f"--loglevel={loglevel}",
-            f"--hostname={os.environ.get('STUDIO_WORKER_NAME') or 'studio@%h'}", "--without-gossip",
+            f"--hostname={name}", f"--queues={QUEUE},{WORKER_QUEUE.format(name=name)}", "--without-gossip",
             "--without-mingle", "--without-heartbeat"]
     app.worker_main(argv)
     return 0

@@ -54,7 +54,7 @@ def vae_choices(services) -> list[str]:
     return ["Automatic", *services.registry.vae_names()]
 
 
-WORKER_COLUMNS = ["worker", "device", "free memory", "loaded models", "job", "seen"]
+WORKER_COLUMNS = ["worker", "device", "free memory", "loaded models", "model loads", "job", "seen"]
 
 
 def worker_rows(services) -> list[list]:
@@ -67,7 +67,7 @@ def worker_rows(services) -> list[list]:
         free = report.get("free_memory_bytes")
         rows.append([report.get("name", "?"), report.get("device", "?"),
                      f"{free / 2**30:.1f} GiB" if free else "-", ", ".join(report.get("loaded_models") or []) or "-",
-                     report.get("job") or "idle", f"{max(0.0, time.time() - report.get('reported_at', 0)):.0f} s ago"])
+                     report.get("model_loads", "-"), report.get("job") or "idle", f"{max(0.0, time.time() - report.get('reported_at', 0)):.0f} s ago"])
     return rows
 
 

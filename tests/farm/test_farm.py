@@ -19,6 +19,9 @@ from studio.errors import NotFound
 
 @pytest.fixture
 def farm(tmp_path, redis_server, postgres_url, tiny_model_dir):
+    import redis
+
+    redis.Redis.from_url(redis_server.url()).flushall()  # no job or worker report of an earlier test is left
     built = Farm(tmp_path, redis_server.url(), postgres_url, tiny_model_dir)
     yield built
     built.stop()
@@ -29,17 +32,22 @@ def pixels(result) -> list[np.ndarray]:
 
 
 def test_a_job_runs_on_a_worker_and_its_run_is_in_the_shared_history(farm):
-    farm.start_worker("w1")
+    farm.start_worker("w1", preview_every="2")
     queue = farm.services.queue
-    job = queue.submit(fast_request(model="tiny", seed=77), "ui")
+    seen = []
+    job = queue.submit(fast_request(model="tiny", seed=77, steps=80), "ui", on_progress=seen.append)
     result = queue.wait(job)
     assert result.status == "done" and len(result.images) == 1
+    # the worker's live previews travel over the result backend to the UI's listeners
+    previews = [progress.preview for progress in seen if progress.preview is not None]
+    assert previews, f"no preview reached the UI in {len(seen)} progress updates"
+    assert previews[-1].size == (64, 64) and np.asarray(previews[-1]).std() > 0
     record = farm.services.history.get(result.run_id)
     assert record.worker == "w1" and record.job_key == job.key and record.status == "done"
     assert job.worker == "w1"
     assert queue.jobs()[0]["worker"] == "w1"
     # the worker's output is the run's stored file, and the same request in this process draws the same pixels
-    local = farm.services.runner.run(fast_request(model="tiny", seed=77))
+    local = farm.services.runner.run(fast_request(model="tiny", seed=77, steps=80))
     assert np.array_equal(pixels(result)[0], pixels(local)[0])
     reports = wait_for(lambda: queue.workers()) and queue.workers()
     assert reports[0]["name"].startswith("w1") or reports[0]["job"] is None
@@ -57,7 +65,9 @@ def test_a_worker_killed_mid_job_loses_no_job_and_records_none_twice(farm):
     farm.start_worker("w1")
     farm.start_worker("w2")
     queue, history = farm.services.queue, farm.services.history
-    requests = [fast_request(model="tiny", seed=1000 + i, steps=12) for i in range(20)]
+    # the third job is long enough to be caught running
+    requests = [fast_request(model="tiny", seed=1000 + i, steps=150 if i == 2 else 12,
+                               batch_count=4 if i == 2 else 1) for i in range(20)]
     jobs = [queue.submit(r, "ui") for r in requests]
     # kill -9 the process that runs the third job, while it runs (its row names its owner: host:pid:start)
     killed = wait_for(lambda: next((r for r in [history.job_run(jobs[2].key)] if r and r.status == "running"), None),
@@ -112,3 +122,80 @@ def test_interrupt_reaches_the_worker_and_cancel_drops_a_waiting_job(farm):
     with pytest.raises(JobCancelled):
         queue.wait(waiting)
     assert farm.services.history.job_run(waiting.key) is None
+
+
+def test_a_job_cancelled_while_no_worker_is_up_never_runs(farm, redis_server):
+    import redis
+
+    from studio.farm.celery_app import QUEUE
+    from studio.queue import JobCancelled
+
+    queue, history = farm.services.queue, farm.services.history
+    cancelled = queue.submit(fast_request(model="tiny", seed=8), "ui")
+    assert cancelled.routed_to is None  # no worker listed: the shared queue
+    assert queue.cancel(cancelled.id) == "cancelling"
+    with pytest.raises(JobCancelled):
+        queue.wait(cancelled)
+    # a worker that starts later never heard the revoke; it takes the message and drops it
+    farm.start_worker("w1")
+    broker = redis.Redis.from_url(redis_server.url())
+    wait_for(lambda: broker.llen(QUEUE) == 0, timeout=240)
+    after = queue.run(fast_request(model="tiny", seed=9), source="ui")
+    assert after.status == "done"
+    assert history.job_run(cancelled.key) is None and history.count() == 1
+
+
+def test_a_whole_worker_killed_hands_its_job_to_another_before_the_visibility_timeout(farm):
+    """Both its processes die (a machine lost): the broker would hand the job out again only after the visibility
+    timeout, an hour here; the UI sees the worker's reports stop and sends the job to the other worker."""
+    farm.start_worker("w1", farm_visibility_timeout_s="3600")
+    farm.start_worker("w2", farm_visibility_timeout_s="3600")
+    queue, history = farm.services.queue, farm.services.history
+    wait_for(lambda: {r["name"] for r in queue.workers()} == {"w1", "w2"}, timeout=240)
+    request = fast_request(model="tiny", seed=31, steps=100, batch_count=2)
+    job = queue.submit(request, "ui")
+    doomed = job.routed_to
+    assert doomed in ("w1", "w2")  # sent to the own queue of a worker the UI saw
+    other = ({"w1", "w2"} - {doomed}).pop()
+    wait_for(lambda: job.status == "running" and job.worker == doomed and history.job_run(job.key) is not None,
+             timeout=240)
+    dead = history.job_run(job.key)
+    farm.kill_worker(doomed)
+    assert job.done.wait(240), "the killed worker's job was not handed to the other worker"
+    result = queue.wait(job)
+    assert result.status == "done" and job.worker == other
+    row = history.job_run(job.key)
+    rows = [(r.id, r.status, r.job_key, r.worker) for r in history.search()]
+    assert row.worker == other and row.id != dead.id and history.count() == 1, rows
+    local = farm.services.runner.run(request)
+    assert all(np.array_equal(a, b) for a, b in zip(pixels(result), pixels(local), strict=True))
+
+
+def test_routing_keeps_each_model_on_the_worker_that_holds_it(farm, tmp_path):
+    """A shuffled queue of two models over two workers that hold one model each (cache size 1): with routing,
+    each worker keeps to one model; the worker that runs out of its own jobs first takes a few of the other's."""
+    import random
+
+    from studio.micro.tiny import save_tiny_model
+
+    farm.add_model(save_tiny_model(tmp_path / "tiny-b", seed=1), "tiny-b")
+    for name in ("w1", "w2"):
+        farm.start_worker(name, model_cache_size="1")
+    queue, history = farm.services.queue, farm.services.history
+    wait_for(lambda: {r["name"] for r in queue.workers()} == {"w1", "w2"}, timeout=240)
+    models = ["tiny", "tiny-b"] * 6
+    random.Random(4).shuffle(models)
+    jobs = [queue.submit(fast_request(model=model, seed=300 + i, steps=10), "ui") for i, model in enumerate(models)]
+    results = [queue.wait(job) for job in jobs]
+    assert [r.status for r in results] == ["done"] * 12 and history.count() == 12
+    assert all(job.routed_to in ("w1", "w2") for job in jobs), "a job went to the shared queue"
+    # the loads each worker counted (its last report, sent when its last job ended)
+    wait_for(lambda: all(r["job"] is None for r in queue.workers()), timeout=60)
+    loads = sum(r["model_loads"] for r in queue.workers())
+    rows = [history.job_run(job.key) for job in jobs]
+    by_worker = {}
+    for row in sorted(rows, key=lambda r: r.created_at):
+        by_worker.setdefault(row.worker, []).append(row.model_name)
+    switches = sum(sum(a != b for a, b in zip(names, names[1:])) for names in by_worker.values())
+    assert loads == switches + len(by_worker), (loads, by_worker)
+    assert loads <= 4, f"{loads} model loads for 12 jobs of two models: routing kept no model on its worker"
