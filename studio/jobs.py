@@ -247,10 +247,10 @@ class JobRunner:
         notices: list[str] = []
         validate(request)  # a bad value is refused at once, not after the current run
         if request.mode == UpscaleRequest.mode:
-            return self._run_upscale(request, on_progress or _ignore, rerun_of, source, queued_at)
+            return self._run_upscale(request, on_progress or _ignore, rerun_of, source, queued_at, job)
         if request.mode == plots.PlotRequest.mode:  # every cell is a run of its own; the device is taken per cell
             return plots.run_plot(self, request, on_progress or _ignore, cancel or CancelToken(), rerun_of, source,
-                                  queued_at)
+                                  queued_at, job)
         if rerun_of is not None:  # a re-run needs the LoRA files its run used, unchanged
             self.models.registry.loras.check_recorded(self.history.get(rerun_of).loras, rerun_of)
         cancel = cancel or CancelToken()
@@ -274,7 +274,7 @@ class JobRunner:
             finally:
                 self._current = None
 
-    def _run_upscale(self, request, on_progress, rerun_of, source, queued_at) -> RunResult:
+    def _run_upscale(self, request, on_progress, rerun_of, source, queued_at, job: dict | None = None) -> RunResult:
         """A1111's Extras upscale as a run: the source image in, the upscaled one out, the source's run as parent."""
         from studio.engine.upscalers import upscale_image
 
@@ -299,7 +299,8 @@ class JobRunner:
                        seeds=[0], steps=0, cfg_scale=0.0, width=width, height=height, batch_size=1, batch_count=1,
                        params=params, device=self.models.placement.description, dtype="float32",
                        versions=self._versions, parent_id=parent, rerun_of=rerun_of, source=source,
-                       queued_at=None if queued_at is None else datetime.fromtimestamp(queued_at, timezone.utc))
+                       queued_at=None if queued_at is None else datetime.fromtimestamp(queued_at, timezone.utc),
+                       **(job or {}))
             run_id = self.history.start(row, inputs)
             on_progress(Progress(0.05, f"upscaling {request.image.width}x{request.image.height} x {request.scale:g} "
                                        f"with {name}"))
@@ -326,8 +327,12 @@ class JobRunner:
         on_progress(Progress(1.0, "done"))
         return RunResult(run_id, "done", request, [0], [image], refs, [text], time.perf_counter() - started)
 
-    def start_plot_row(self, plot, rerun_of: int | None, source: str, queued_at: float | None, cells: int) -> int:
-        """The grid's history row, `running` until its cells are done: they name it as their parent."""
+    def start_plot_row(self, plot, rerun_of: int | None, source: str, queued_at: float | None, cells: int,
+                       job: dict | None = None) -> int:
+        """The grid's history row, `running` until its cells are done: they name it as their parent.
+
+        In farm mode it carries the job's key (its cells do not: a redelivered plot finds the grid by the key and
+        the cells as its children)."""
         base = plot.base
         entry = self.models.registry.resolve(base.model)
         if self._versions is None:
@@ -339,7 +344,8 @@ class JobRunner:
                    cfg_scale=base.cfg_scale, width=base.width, height=base.height, batch_size=1, batch_count=cells,
                    params=params, device=self.models.placement.description, dtype=self.models.placement.dtype_name,
                    versions=self._versions, parent_id=base.parent_run_id, rerun_of=rerun_of, source=source,
-                   queued_at=None if queued_at is None else datetime.fromtimestamp(queued_at, timezone.utc))
+                   queued_at=None if queued_at is None else datetime.fromtimestamp(queued_at, timezone.utc),
+                   **(job or {}))
         return self.history.start(row, inputs)
 
     def plot_infotext(self, plot, axes: dict) -> str:

@@ -92,7 +92,7 @@ def fixed_seed_axes(plot: PlotRequest, plan) -> PlotRequest:
 
 
 def run_plot(runner, plot: PlotRequest, on_progress, cancel, rerun_of: int | None, source: str,
-             queued_at: float | None):
+             queued_at: float | None, job: dict | None = None):
     """Every cell, in A1111's order, as its own run; then the grid. Interrupt keeps the finished cells."""
     from studio.jobs import Progress, RunResult
 
@@ -104,7 +104,7 @@ def run_plot(runner, plot: PlotRequest, on_progress, cancel, rerun_of: int | Non
     plan = plan_cells(base, plot.axes(), max_cells=runner.settings.plot_max_cells,
                       known_models=list(runner.models.registry.entries()))
     plot = fixed_seed_axes(dataclasses.replace(plot, base=base), plan)  # what the grid's row records
-    grid_id = runner.start_plot_row(plot, rerun_of, source, queued_at, len(plan.cells))
+    grid_id = runner.start_plot_row(plot, rerun_of, source, queued_at, len(plan.cells), job)
     results: dict[tuple[int, int, int], Any] = {}
     cells_done: list = []
     status, error_text = "done", None

@@ -17,6 +17,7 @@ that gets the second copy finds the first one's row by the job key (worker.py's 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -91,8 +92,11 @@ class FarmQueue(JobQueue):
 
     def submit(self, request, source: str = "ui", on_progress=None, rerun_of: int | None = None) -> Job:
         validate(request)
+        # the seed is drawn here, so every delivery of the job draws the same pixels (a plot's is its base's)
         if hasattr(request, "seed"):
             request = resolve_seed(request)
+        elif hasattr(getattr(request, "base", None), "seed"):
+            request = dataclasses.replace(request, base=resolve_seed(request.base))
         model = self._model_name(request)
         reports = self._live_reports()
         with self._changed:

@@ -127,6 +127,9 @@ def _claim(history, job_key: str):
             continue
         log.warning("job %s: removing run %d left %s by a worker that died; running it again", job_key,
                     record.id, record.status)
+        if record.mode == "xyz":  # the cells a dead plot finished go with its grid: the plot runs whole again
+            for cell in history.lineage(record.id)[1]:
+                history.delete(cell.id)
         history.delete(record.id)
         return None
 

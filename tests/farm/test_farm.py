@@ -199,3 +199,39 @@ def test_routing_keeps_each_model_on_the_worker_that_holds_it(farm, tmp_path):
     switches = sum(sum(a != b for a, b in zip(names, names[1:])) for names in by_worker.values())
     assert loads == switches + len(by_worker), (loads, by_worker)
     assert loads <= 4, f"{loads} model loads for 12 jobs of two models: routing kept no model on its worker"
+
+
+def test_a_plot_whose_worker_died_mid_plot_is_recorded_once_and_an_upscale_carries_its_job(farm):
+    """A plot is one job: its grid row carries the job key and its cells are the grid's children. Killed after
+    some cells, it runs whole again on redelivery and leaves one grid with one set of cells."""
+    from PIL import Image
+
+    from studio.plots import PlotRequest
+    from studio.requests import UpscaleRequest
+
+    farm.start_worker("w1")
+    queue, history = farm.services.queue, farm.services.history
+    plot = PlotRequest(base=fast_request(model="tiny", seed=-1), x_type="Steps", x_values="60, 80, 100, 120, 140, 150")
+    job = queue.submit(plot, "ui")
+    assert job.request.base.seed >= 0  # drawn when queued: every delivery draws the same cells
+
+    def cells_done():
+        grid = history.job_run(job.key)
+        return grid is not None and sum(c.status == "done" for c in history.lineage(grid.id)[1]) >= 2
+
+    wait_for(cells_done, timeout=240)
+    grid = history.job_run(job.key)
+    os.kill(int(grid.owner.rsplit(":", 2)[1]), signal.SIGKILL)  # the pool process; the worker requeues the job
+    result = queue.wait(job)
+    assert result.status == "done"
+    row = history.job_run(job.key)
+    cells = history.lineage(row.id)[1]
+    assert row.id != grid.id and sorted(c.steps for c in cells) == [60, 80, 100, 120, 140, 150]
+    assert history.count() == 7, "the dead attempt's grid or cells were left behind"
+    local = farm.services.runner.run(job.request)
+    assert np.array_equal(pixels(result)[0], pixels(local)[0])
+    # an Extras upscale is a job too: its row carries the key a redelivery would find
+    upscale = queue.submit(UpscaleRequest(image=Image.new("RGB", (40, 30), (200, 30, 30)), upscaler="Lanczos",
+                                          scale=2), "ui")
+    done = queue.wait(upscale)
+    assert history.get(done.run_id).job_key == upscale.key and done.images[0].size == (80, 60)
