@@ -107,39 +107,41 @@ def main() -> int:
 
 
 def mixed_queue(farm: Farm, root: Path, args) -> dict:
-    """Model loads of a shuffled two-model queue over two workers holding one model each, routing off and on."""
+    """Model loads of a shuffled two-model queue over two workers holding one model each, routing off and on.
+
+    Each pass starts two fresh workers (nothing loaded, load counters at 0), so both pay the same first loads."""
     import random
 
     farm.add_model(save_tiny_model(root / "tiny-sd-b", seed=1), "tiny-b")
-    for n in range(2):
-        farm.start_worker(f"m{n + 1}", model_cache_size="1")
     queue = farm.services.queue
-    wait_for(lambda: len(queue.workers()) >= 2, timeout=120)
     models = ["tiny", "tiny-b"] * (args.mixed // 2)
     random.Random(7).shuffle(models)
-
-    def loads() -> int:
-        wait_for(lambda: all(r["job"] is None for r in queue.workers()), timeout=60)
-        time.sleep(0.5)
-        return sum(r["model_loads"] for r in queue.workers())
-
     measured = {}
     for routing in (False, True):
+        label = "on" if routing else "off"
+        names = [f"{label}{n + 1}" for n in range(2)]
+        for name in names:
+            farm.start_worker(name, model_cache_size="1")
+        wait_for(lambda: {r["name"] for r in queue.workers()} >= set(names), timeout=120)
         queue.routing = routing
-        before = loads()
         started = time.perf_counter()
         jobs = [queue.submit(fast_request(model=m, seed=7000 + i, steps=args.steps)) for i, m in enumerate(models)]
         results = [queue.wait(job) for job in jobs]
         wall = time.perf_counter() - started
+        wait_for(lambda: all(r["job"] is None for r in queue.workers() if r["name"] in names), timeout=60)
+        time.sleep(0.5)
+        loads = sum(r["model_loads"] for r in queue.workers() if r["name"] in names)
         per_worker: dict = {}
         for job, m in zip(jobs, models):
             per_worker.setdefault(job.worker, {}).setdefault(m, 0)
             per_worker[job.worker][m] += 1
-        measured["on" if routing else "off"] = {
-            "model_loads": loads() - before, "wall_s": round(wall, 3), "jobs_per_worker_and_model": per_worker,
-            "all_done": all(r.status == "done" for r in results)}
+        measured[label] = {"model_loads": loads, "wall_s": round(wall, 3), "jobs_per_worker_and_model": per_worker,
+                           "all_done": all(r.status == "done" for r in results)}
+        for name in names:
+            farm.kill_worker(name)
+        wait_for(lambda: not any(r["name"] in names for r in queue.workers()), timeout=60)
     measured.update(jobs=len(models), models=2, workers=2, model_cache_size=1,
-                    note="loads count the weights read from disk by the two workers during the queue")
+                    note="model loads: weights read from disk by the pass's two fresh workers (2 at least)")
     return measured
 
 

@@ -189,7 +189,7 @@ class FarmQueue(JobQueue):
         for job, worker in held:
             if worker and worker not in reports and now - self._seen.get(worker, now) > WORKER_GONE_S and reports:
                 self._move(job, self._choose(self._models.get(job.id, ""), reports, exclude=worker),
-                           f"worker {worker} is gone")
+                           f"worker {worker} is gone", running_too=True)
         if not self.routing:  # every job waits in the shared queue: a free worker takes the next one
             return
         # an idle worker takes a waiting job from a worker that is busy with another
@@ -209,16 +209,29 @@ class FarmQueue(JobQueue):
         return any(job.status == RUNNING and job.worker == worker for job in self._active) or bool(
             reports.get(worker, {}).get("job"))
 
-    def _move(self, job: Job, target: str | None, why: str) -> None:
-        """Send the job to another queue; the first copy is revoked (and is harmless if it runs anyway)."""
+    def _worker_name(self, hostname: str | None) -> str | None:
+        """A worker's name as it reports it: Celery's node name is "<name>@<host>" where the name has no "@"."""
+        if not hostname or hostname in self._reports or "@" not in hostname:
+            return hostname
+        return hostname.rsplit("@", 1)[0]
+
+    def _move(self, job: Job, target: str | None, why: str, running_too: bool = False) -> None:
+        """Send the job to another queue; the first copy is revoked (and is harmless if it runs anyway).
+
+        A job a worker has started stays where it is, unless running_too (its worker is gone) and the worker that
+        started it is not a live one."""
         old = job.task
         try:
-            state = old.backend.get_task_meta(old.id).get("status")
+            meta = old.backend.get_task_meta(old.id)
         except Exception:
             return
-        holder = job.worker if state in ("STARTED", "PROGRESS") else job.routed_to
-        if job.done.is_set() or state == "SUCCESS" or (state in ("STARTED", "PROGRESS") and holder in self._reports):
-            return  # a live worker took it meanwhile (or it is done)
+        state, info = meta.get("status"), meta.get("result")
+        if job.done.is_set() or state == "SUCCESS":
+            return
+        if state in ("STARTED", "PROGRESS"):
+            started_by = self._worker_name((info if isinstance(info, dict) else {}).get("worker") or meta.get("worker"))
+            if not running_too or started_by in self._reports:
+                return  # a live worker took it meanwhile
         log.info("job %s: to %s (%s)", job.id, target or "the shared queue", why)
         task = self._send(job, uuid.uuid4().hex, target)  # sent first: a broker that is away leaves it as it was
         with self._changed:
@@ -255,7 +268,7 @@ class FarmQueue(JobQueue):
                 state, info = meta.get("status"), meta.get("result")
                 details = info if isinstance(info, dict) else {}
                 if state in ("STARTED", "PROGRESS"):
-                    self._running_on(job, details.get("worker") or meta.get("worker"))
+                    self._running_on(job, self._worker_name(details.get("worker") or meta.get("worker")))
                     if state == "PROGRESS" and "fraction" in details:
                         job.report(Progress(float(details["fraction"]), details.get("text", ""),
                                             decode_preview(details.get("preview")), int(details.get("step") or 0),
