@@ -26,7 +26,7 @@ import uuid
 
 from studio.errors import InputError, StudioError
 from studio.farm.celery_app import CANCEL_KEY, QUEUE, TASK, WORKER_KEY, WORKER_QUEUE, make_app
-from studio.farm.messages import encode_request
+from studio.farm.messages import decode_preview, encode_request
 from studio.jobs import Progress, RunResult
 from studio.queue import CANCELLED, DONE, FAILED, KEEP_FINISHED, RUNNING, WAITING, Job, JobQueue
 from studio.requests import resolve_seed, validate
@@ -47,19 +47,6 @@ REPORTS_FRESH_S = 0.2  # the workers' reports are read from Redis at most this o
 WORKER_GONE_S = 3.0
 
 log = logging.getLogger(__name__)
-
-
-def decode_preview(text: str | None):
-    if not text:
-        return None
-    import base64
-    import io
-
-    from PIL import Image
-
-    image = Image.open(io.BytesIO(base64.b64decode(text)))
-    image.load()
-    return image
 
 
 class FarmError(StudioError):
@@ -130,13 +117,8 @@ class FarmQueue(JobQueue):
         """The reports of the workers that are up, by name (read again at most every REPORTS_FRESH_S)."""
         now = time.monotonic()
         if now - self._reports_at > REPORTS_FRESH_S:
-            reports = {}
             try:
-                keys = list(self.redis.scan_iter(WORKER_KEY.format(name="*")))
-                for raw in self.redis.mget(keys) if keys else []:
-                    if raw:
-                        report = json.loads(raw)
-                        reports[report["name"]] = report
+                reports = self._read_reports()
             except Exception as error:  # the broker restarting: route by the last reports meanwhile
                 log.debug("worker reports not read: %s", error)
                 return self._reports
@@ -144,6 +126,12 @@ class FarmQueue(JobQueue):
                 self._seen[name] = now
             self._reports, self._reports_at = reports, now
         return self._reports
+
+    def _read_reports(self) -> dict[str, dict]:
+        """Every worker's latest report in Redis, by name (a report expires a few seconds after its worker stops)."""
+        keys = list(self.redis.scan_iter(WORKER_KEY.format(name="*")))
+        reports = [json.loads(raw) for raw in (self.redis.mget(keys) if keys else []) if raw]
+        return {report["name"]: report for report in reports}
 
     def _backlog(self, worker: str) -> int:
         """Jobs this UI sent to the worker's queue that have not finished (waiting or running there)."""
@@ -382,11 +370,6 @@ class FarmQueue(JobQueue):
         raise InputError(f"no job {job_id} in the queue (finished jobs are kept for a while only)", field="job")
 
     def workers(self) -> list[dict]:
-        """Every worker's latest report (device, free memory, loaded models, job), newest first."""
-        reports = []
-        for key in self.redis.scan_iter(WORKER_KEY.format(name="*")):
-            raw = self.redis.get(key)
-            if raw:
-                reports.append(json.loads(raw))
-        return sorted(reports, key=lambda r: r.get("name", ""))
+        """Every worker's latest report (device, free memory, loaded models, model loads, job), by name."""
+        return [report for _, report in sorted(self._read_reports().items())]
 

@@ -24,8 +24,6 @@ log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.25  # at most four progress updates a second reach the result backend
 WAIT_FOR_LIVE_ATTEMPT_S = 0.5
 
-PREVIEW_QUALITY = 85  # live previews travel as JPEG: a 512 px one is some 30 KB in the result backend
-
 _state: dict = {}  # this pool process's services, redis client and report thread
 _building = threading.Lock()
 
@@ -103,15 +101,6 @@ def _start_early(**_) -> None:
     threading.Thread(target=_services, daemon=True, name="studio-worker-build").start()
 
 
-def encode_preview(image) -> str:
-    import base64
-    import io
-
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG", quality=PREVIEW_QUALITY)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def _claim(history, job_key: str):
     """The finished run of this job, or None when it must run (after removing a dead attempt's row)."""
     from studio.history.owner import owner_is_gone
@@ -142,7 +131,7 @@ def _answer(record, worker: str, ran_again: bool) -> dict:
 
 def run_job(task, job_key: str, message: dict, source: str, queued_at: float, rerun_of: int | None) -> dict:
     from studio.engine.generate import CancelToken
-    from studio.farm.messages import decode_request
+    from studio.farm.messages import decode_request, encode_preview
 
     services = _services()
     name = worker_name()

@@ -67,7 +67,8 @@ def worker_rows(services) -> list[list]:
         free = report.get("free_memory_bytes")
         rows.append([report.get("name", "?"), report.get("device", "?"),
                      f"{free / 2**30:.1f} GiB" if free else "-", ", ".join(report.get("loaded_models") or []) or "-",
-                     report.get("model_loads", "-"), report.get("job") or "idle", f"{max(0.0, time.time() - report.get('reported_at', 0)):.0f} s ago"])
+                     report.get("model_loads", "-"), report.get("job") or "idle",
+                     f"{max(0.0, time.time() - report.get('reported_at', 0)):.0f} s ago"])
     return rows
 
 
